@@ -1,0 +1,113 @@
+"""The ``adapt`` command: one hop from the shell to Lightning.
+
+    adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
+    adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR]
+    adapt data synth --out DIR [--num N] [--size H W] [--seed S]
+    adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from jsonargparse import ArgumentError
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from adapt.data.labels import DataError
+from adapt.nets.segmenter import ConfigError
+from adapt.recipe import check_recipe
+
+OWN_VERBS = ("evaluate", "data", "demo")
+
+
+class AdaptCLI(LightningCLI):
+    """LightningCLI with the class names linked from the data to the task and a checkpoint callback that always
+    writes ``last.ckpt`` into the run's log folder (under ``trainer.default_root_dir``)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+        if self.trainer.is_global_zero and last:
+            print(f"checkpoint: {last}")
+
+
+def run_lightning(args: list[str]) -> AdaptCLI:
+    """Run a LightningCLI verb (``fit``, ``validate``, ``test``) with ``args`` as on the command line.
+
+    Recipes and overrides are checked first (one-line errors naming the key); what jsonargparse still rejects
+    (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
+    if args and args[0] in ("fit", "validate", "test", "predict"):
+        check_recipe(args[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        try:
+            return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+                            save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+                            args=args)
+        except ArgumentError as err:
+            raise ConfigError(" ".join(str(err).split())) from None
+
+
+def _evaluate(argv: list[str]) -> None:
+    from adapt.evaluate import evaluate
+
+    parser = argparse.ArgumentParser(prog="adapt evaluate", description="Score a segmenter on a folder dataset.")
+    parser.add_argument("--checkpoint", required=True, help="a .ckpt written by `adapt fit`")
+    parser.add_argument("--root", required=True, help="labelled dataset folder (images/, labels/, classes.yaml)")
+    parser.add_argument("--split", default=None, help="split list in ROOT/splits/ (default: all images)")
+    parser.add_argument("--out", default=None, help="folder for metrics.json (default: RUN/evaluate/ROOTNAME)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--accelerator", default="auto")
+    args = parser.parse_args(argv)
+    evaluate(args.checkpoint, args.root, args.split, args.out, args.batch_size, args.num_workers, args.accelerator)
+
+
+def _data(argv: list[str]) -> None:
+    from adapt.data import synthetic
+
+    parser = argparse.ArgumentParser(prog="adapt data", description="Dataset tools.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    synth = verbs.add_parser("synth", help="write the embedded synthetic domain pair as two folder datasets")
+    synth.add_argument("--out", required=True, help="output folder (gets source/ and target/)")
+    synth.add_argument("--num", type=int, default=400, help="images per domain")
+    synth.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
+    synth.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.num < 2 or min(args.size) < 32:
+        raise ConfigError("--num must be at least 2 and --size at least 32 32")
+    source, target = synthetic.write_pair(args.out, num_images=args.num, size=tuple(args.size), seed=args.seed)
+    print(f"wrote {source} and {target} ({args.num} images each, {args.size[0]}x{args.size[1]})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    try:
+        if argv and argv[0] == "evaluate":
+            _evaluate(argv[1:])
+        elif argv and argv[0] == "data":
+            _data(argv[1:])
+        elif argv and argv[0] == "demo":
+            from adapt.demo import demo_main
+            demo_main(argv[1:])
+        else:
+            run_lightning(argv)
+    except (ConfigError, DataError) as err:
+        if debug:
+            raise
+        print(f"adapt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The segmenter F: an smp model (or an FCN head on an smp encoder) that normalizes its own input.
+
+``Segmenter(x)``: float [B, 3, H, W] in [0, 1] -> logits float [B, num_classes, H, W]. H and W must be multiples
+of ``output_stride`` (32); ``adapt.metrics.predict_padded`` pads arbitrary sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from torch.nn import functional as nnf
+
+ARCHS = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus, "fcn": None}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting and says what to do."""
+
+
+class FCN(nn.Module):
+    """FCN-32s style: an smp encoder, a 3x3 conv head on its deepest features, bilinear upsampling to the input.
+
+    smp has no FCN; this is the torchvision ``FCNHead`` design on any smp encoder.
+    """
+
+    def __init__(self, encoder_name: str, encoder_weights: str | None, classes: int) -> None:
+        super().__init__()
+        self.encoder = smp.encoders.get_encoder(encoder_name, in_channels=3, depth=5, weights=encoder_weights)
+        channels = self.encoder.out_channels[-1]
+        hidden = max(channels // 4, 32)
+        self.head = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Conv2d(hidden, classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.encoder(x)[-1])
+        return nnf.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Segmenter(nn.Module):
+    """Normalization (ImageNet mean/std, as buffers) followed by the network.
+
+    Args:
+        net: maps a normalized float [B, 3, H, W] to logits [B, C, H, W].
+        num_classes: C.
+    """
+
+    output_stride = 32
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.net, self.num_classes = net, num_classes
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _weights_cached(encoder_name: str, encoder_weights: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {}).get(encoder_weights)
+    if not settings or "repo_id" not in settings:
+        return False
+    found = try_to_load_from_cache(settings["repo_id"], "model.safetensors", revision=settings.get("revision"))
+    return isinstance(found, str)
+
+
+def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
+                    num_classes: int = 19) -> Segmenter:
+    """Build F.
+
+    Args:
+        arch: ``unet``, ``fpn``, ``deeplabv3plus`` (smp) or ``fcn``.
+        encoder_name: any smp encoder (``resnet18``, ``resnet50``, ``mit_b2``, ``tu-...``).
+        encoder_weights: smp's weight name (``imagenet``), a local state-dict file for the encoder, or None
+            (random initialization).
+        num_classes: number of output channels (smp calls it ``classes``).
+    """
+    key = arch.lower().replace("_", "").replace("-", "")
+    if key not in ARCHS:
+        raise ConfigError(f"arch: unknown {arch!r}; choose one of {sorted(ARCHS)}")
+    local_file = encoder_weights is not None and Path(encoder_weights).suffix in (".pth", ".pt", ".safetensors")
+    if local_file and not Path(encoder_weights).is_file():
+        raise ConfigError(f"encoder_weights: file {encoder_weights} not found")
+    hub_weights = None if local_file else encoder_weights
+    if hub_weights is not None and not encoder_name.startswith("tu-"):
+        if not _weights_cached(encoder_name, hub_weights) and not _hub_reachable():
+            raise ConfigError(
+                f"encoder_weights: {hub_weights!r} weights for {encoder_name} are not in the Hugging Face cache and "
+                "the hub cannot be reached; set encoder_weights: null (random init), give a local encoder "
+                "state-dict file, or download them once where the hub is reachable")
+    try:
+        if key == "fcn":
+            net: nn.Module = FCN(encoder_name, hub_weights, num_classes)
+        else:
+            net = ARCHS[key](encoder_name=encoder_name, encoder_weights=hub_weights, classes=num_classes)
+    except KeyError as err:
+        raise ConfigError(f"encoder_name: unknown {encoder_name!r} ({err}); see smp's list of encoders") from None
+    except (OSError, ConnectionError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
+        raise ConfigError(f"encoder_weights: could not fetch {hub_weights!r} weights for {encoder_name} ({err}); "
+                          "set encoder_weights: null or give a local encoder state-dict file") from None
+    if local_file:
+        if encoder_weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(encoder_weights)
+        else:
+            state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
+        net.encoder.load_state_dict(state)
+    return Segmenter(net, num_classes)

@@ -1,0 +1,55 @@
+"""Reports: metrics.json (written atomically) and the tables printed for a person."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically: a temporary file in the same folder, then a rename (no half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    return "   -" if value is None else f"{value:6.2f}"
+
+
+def per_class_table(metrics: dict, title: str = "") -> str:
+    """A per-class IoU table (percent; '-' for a class absent from labels and predictions)."""
+    names = list(metrics["per_class_iou"])
+    width = max(len(n) for n in names + ["pixel accuracy"])
+    lines = [title] if title else []
+    lines.append(f"{'class':<{width}}  IoU %")
+    lines.append("-" * (width + 8))
+    lines += [f"{name:<{width}}  {_fmt(metrics['per_class_iou'][name])}" for name in names]
+    lines.append("-" * (width + 8))
+    lines.append(f"{'mIoU':<{width}}  {_fmt(metrics['miou'])}")
+    lines.append(f"{'pixel accuracy':<{width}}  {_fmt(metrics['pixel_accuracy'])}")
+    return "\n".join(lines)
+
+
+def comparison_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """rows: row name -> {column name -> value}; one line per row."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    width = max(len(r) for r in list(rows) + ["run"])
+    widths = [max(len(c), 6) for c in columns]
+    lines = ["  ".join([f"{'run':<{width}}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)])]
+    for name, row in rows.items():
+        cells = [f"{_fmt(row.get(c)).strip():>{w}}" for c, w in zip(columns, widths)]
+        lines.append("  ".join([f"{name:<{width}}"] + cells))
+    return "\n".join(lines)

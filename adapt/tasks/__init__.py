@@ -1,0 +1,5 @@
+"""LightningModules, one per optimization problem."""
+
+from adapt.tasks.segmentation import SegmentationTask
+
+__all__ = ["SegmentationTask"]

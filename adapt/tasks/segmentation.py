@@ -1,0 +1,94 @@
+"""SegmentationTask: train F on labelled source batches (with DR in the data pipeline), evaluate on the target."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as nnf
+
+from adapt.data.labels import IGNORE_INDEX
+from adapt.metrics import ConfusionMatrix, predict_padded, summarize
+from adapt.nets.segmenter import ConfigError, build_segmenter
+
+
+class SegmentationTask(pl.LightningModule):
+    """Supervised training of the segmenter F on the source domain; validation and test on a labelled target set.
+
+    Args:
+        arch: ``unet``, ``fpn``, ``deeplabv3plus`` or ``fcn`` (see ``build_segmenter``).
+        encoder_name: smp encoder name.
+        encoder_weights: ``imagenet``, a local encoder state-dict file, or None (random initialization).
+        class_names: class names in train-index order; recipes leave it out and the CLI takes it from the data.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
+        lr_schedule: ``poly`` (lr * (1 - step / total) ** 0.9, per step, the segmentation standard) or ``constant``.
+        ignore_index: label value that no loss or metric sees.
+    """
+
+    def __init__(self, arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
+                 class_names: list[str] | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        if not class_names:
+            raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names))
+        self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
+        self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
+        self.test_results: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, H, W] in [0, 1], any H, W -> logits float [B, C, H, W]."""
+        return predict_padded(self.segmenter, x, self.segmenter.output_stride)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
+        logits_s = self.segmenter(x_s)
+        loss = nnf.cross_entropy(logits_s, y_s, ignore_index=self.hparams.ignore_index)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x_s.shape[0])
+        return loss
+
+    def _evaluate_step(self, batch: dict, cm: ConfusionMatrix) -> None:
+        x_t, y_t = batch["image"], batch["mask"]
+        pred_t = self(x_t).argmax(1)
+        cm.update(pred_t, y_t)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_step(batch, self.val_cm)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_step(batch, self.test_cm)
+
+    def _log_metrics(self, stage: str, cm: ConfusionMatrix) -> dict:
+        results = summarize(cm.compute(), self.class_names)
+        cm.reset()
+        values = {f"{stage}/miou": results["miou"], f"{stage}/pixel_accuracy": results["pixel_accuracy"]}
+        values.update({f"{stage}/iou/{name}": v for name, v in results["per_class_iou"].items()})
+        # already reduced over all processes by the metric: log the same number on every rank, no second sync
+        self.log_dict({k: math.nan if v is None else float(v) for k, v in values.items()}, sync_dist=False)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_cm)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_metrics("test", self.test_cm)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True,
+                                        weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        poly = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": poly, "interval": "step"}}

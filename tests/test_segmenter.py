@@ -1,0 +1,58 @@
+import time
+
+import pytest
+import torch
+
+from adapt.metrics import predict_padded
+from adapt.nets.segmenter import ARCHS, ConfigError, build_segmenter
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_each_arch_gives_logits_of_input_size(arch):
+    segmenter = build_segmenter(arch, "resnet18", None, num_classes=7).eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        logits = segmenter(x)
+    assert logits.shape == (2, 7, 64, 96) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_normalization_is_inside_the_module():
+    segmenter = build_segmenter("unet", "resnet18", None, num_classes=3)
+    buffers = dict(segmenter.named_buffers())
+    assert buffers["mean"].flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    assert "mean" not in segmenter.state_dict()  # not persistent: checkpoints hold weights only
+
+
+def test_padded_prediction_handles_any_size():
+    segmenter = build_segmenter("fpn", "resnet18", None, num_classes=4).eval()
+    with torch.no_grad():
+        assert predict_padded(segmenter, torch.rand(1, 3, 45, 70)).shape == (1, 4, 45, 70)
+
+
+def test_offline_imagenet_weights_fail_fast_with_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        build_segmenter("unet", "resnet18", "imagenet", num_classes=3)
+    assert time.monotonic() - start < 5
+    assert "encoder_weights: null" in str(err.value)
+
+
+def test_local_encoder_weights_file(tmp_path):
+    source = build_segmenter("unet", "resnet18", None, num_classes=3)
+    path = tmp_path / "encoder.pth"
+    torch.save(source.net.encoder.state_dict(), path)
+    loaded = build_segmenter("unet", "resnet18", str(path), num_classes=3)
+    for (name, a), b in zip(source.net.encoder.state_dict().items(), loaded.net.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="not found"):
+        build_segmenter("unet", "resnet18", str(tmp_path / "missing.pth"), num_classes=3)
+
+
+def test_unknown_arch_and_encoder():
+    with pytest.raises(ConfigError, match="arch"):
+        build_segmenter("segformer", "resnet18", None, 3)
+    with pytest.raises(ConfigError, match="encoder_name"):
+        build_segmenter("unet", "resnet1800", None, 3)
