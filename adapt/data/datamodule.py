@@ -1,0 +1,148 @@
+"""DomainDataModule: labelled source + unlabelled target for training, a labelled target split for evaluation.
+
+``train_dataloader()`` returns ``{"source": loader, "target": loader}``; Lightning combines them (CombinedLoader,
+``max_size_cycle``: an epoch is the longer of the two, the shorter one cycles) and shards each under DDP.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from adapt.data import synthetic
+from adapt.data.augment import build_augment, seed_augment
+from adapt.data.folder import FolderDataset
+from adapt.data.labels import ClassSet, DataError
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed the dataset's albumentations pipeline from the worker's torch seed
+    (torch derives it from the main process RNG, which ``seed_everything`` seeds; distinct per worker and rank)."""
+    info = torch.utils.data.get_worker_info()
+    seed_augment(getattr(info.dataset, "transform", None), info.seed)
+
+
+class DomainDataModule(pl.LightningDataModule):
+    """Source and target domains in the folder format.
+
+    Args:
+        source_root: labelled source domain (folder format).
+        target_root: target domain; its images are served unlabelled for training.
+        source_split: split list of ``source_root`` used for training (all images when None).
+        target_split: split list of ``target_root`` served (unlabelled) for training.
+        val_root: labelled target set for validation and test (default: ``target_root``).
+        val_split: split list of ``val_root``.
+        augment: domain randomization of source images: a preset (``none``, ``weak``, ``strong``), a pipeline file
+            or an inline albumentations pipeline (see ``adapt.data.augment.build_augment``).
+        crop_size: ``(height, width)`` of random training crops; whole images when None (then all images of a
+            domain must have one size).
+        batch_size: images per domain per training step (per process under DDP).
+        val_batch_size: images per validation / test step.
+        num_workers: DataLoader worker processes per loader.
+        pin_memory: page-locked host memory for faster copies to a GPU.
+        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+    """
+
+    def __init__(self, source_root: str, target_root: str, source_split: str | None = None,
+                 target_split: str | None = None, val_root: str | None = None, val_split: str | None = None,
+                 augment: str | dict[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
+                 batch_size: int = 8, val_batch_size: int = 4, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.source_root, self.target_root = source_root, target_root
+        self.source_split, self.target_split = source_split, target_split
+        self.val_root, self.val_split = val_root or target_root, val_split
+        self.augment, self.crop_size = augment, crop_size
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory,
+                                  persistent_workers=persistent_workers and num_workers > 0)
+        build_augment(augment, crop_size)  # fail now, not in a worker, on a bad pipeline
+
+    @cached_property
+    def classes(self) -> ClassSet:
+        """The class set of the source domain; target and validation sets must list the same names."""
+        source = ClassSet.from_yaml(Path(self.source_root) / "classes.yaml")
+        for root in {self.target_root, self.val_root}:
+            other = ClassSet.from_yaml(Path(root) / "classes.yaml")
+            if other.names != source.names:
+                raise DataError(f"{Path(root) / 'classes.yaml'}: classes {list(other.names)} differ from the source's "
+                                f"{list(source.names)}; give both domains one class list in one order")
+        return source
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes.names)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.source = FolderDataset(self.source_root, self.source_split, labels=True,
+                                        transform=build_augment(self.augment, self.crop_size))
+            self.target = FolderDataset(self.target_root, self.target_split, labels=False,
+                                        transform=build_augment("none", self.crop_size))
+        self.val = FolderDataset(self.val_root, self.val_split, labels=True)
+
+    def _loader(self, dataset: FolderDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.loader_kwargs["num_workers"] == 0:  # no workers to seed: seed from the (seeded) main RNG
+            seed_augment(dataset.transform, int(torch.randint(2**31, ()).item()))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                          worker_init_fn=seed_worker, **self.loader_kwargs)
+
+    def train_dataloader(self) -> dict[str, DataLoader]:
+        for name, dataset in (("source", self.source), ("target", self.target)):
+            if len(dataset) < self.batch_size:
+                raise DataError(f"{dataset.root}: {len(dataset)} {name} images, fewer than batch_size "
+                                f"{self.batch_size}; lower data.batch_size")
+        return {"source": self._loader(self.source, self.batch_size, shuffle=True),
+                "target": self._loader(self.target, self.batch_size, shuffle=True)}
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class SyntheticDataModule(DomainDataModule):
+    """The embedded synthetic domain pair (``adapt.data.synthetic``): a flat "game" source and a dusk-camera
+    target of street scenes, written under ``root`` on first use (deterministic by ``seed``), then served like
+    any folder pair: train on ``source/train`` + unlabelled ``target/train``, evaluate on ``target/val``.
+
+    Args:
+        root: where the pair is written (``root/source``, ``root/target``).
+        num_images: images per domain (a quarter of them form each domain's ``val`` split).
+        size: ``(height, width)`` of the rendered images.
+        seed: the scenes' seed.
+        augment, crop_size, batch_size, val_batch_size, num_workers, pin_memory, persistent_workers: as in
+            DomainDataModule.
+    """
+
+    def __init__(self, root: str = "data/synthetic", num_images: int = 400, size: tuple[int, int] = (96, 128),
+                 seed: int = 0, augment: str | dict[str, Any] | None = "none",
+                 crop_size: tuple[int, int] | None = None, batch_size: int = 8, val_batch_size: int = 4,
+                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False) -> None:
+        self.root, self.num_images, self.size, self.seed = Path(root), num_images, tuple(size), seed
+        super().__init__(source_root=str(self.root / "source"), target_root=str(self.root / "target"),
+                         source_split="train", target_split="train", val_split="val", augment=augment,
+                         crop_size=crop_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
+        self.save_hyperparameters()
+
+    @cached_property
+    def classes(self) -> ClassSet:
+        return ClassSet(synthetic.CLASS_NAMES, tuple(range(len(synthetic.CLASS_NAMES))))
+
+    def prepare_data(self) -> None:
+        """Write the pair unless ``root`` already holds one made with the same settings."""
+        stamp = self.root / "synthetic.json"
+        settings = {"num_images": self.num_images, "size": list(self.size), "seed": self.seed}
+        if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+            return
+        synthetic.write_pair(self.root, num_images=self.num_images, size=self.size, seed=self.seed)
+        stamp.write_text(json.dumps(settings))

@@ -1,0 +1,114 @@
+"""The folder format: any domain as ``ROOT/images/NAME.(png|jpg)``, ``ROOT/labels/NAME.png``, ``ROOT/classes.yaml``.
+
+Optional split lists: ``ROOT/splits/SPLIT.txt``, one NAME per line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from adapt.data.labels import ClassSet, DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB; a clear DataError for a missing, unreadable or truncated file."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{path}: cannot decode image (missing, truncated or not an image); "
+                        "replace or remove the file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """uint8 [H, W] raw label values. Read with PIL, so palettised PNGs give indices, not palette colours."""
+    try:
+        with Image.open(path) as label:
+            if label.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(f"{path}: label has mode {label.mode}; labels must be single-channel "
+                                "PNGs holding class ids")
+            return np.asarray(label).astype(np.uint8, copy=False)
+    except (OSError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot decode label ({err}); replace or remove the file") from None
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+
+
+class FolderDataset(Dataset):
+    """One domain in the folder format.
+
+    Each sample is a dict: ``image`` float32 [3, H, W] in [0, 1]; ``mask`` int64 [H, W] of train indices with
+    255 = ignore (only when ``labels=True``); ``name`` str.
+
+    Args:
+        root: the dataset folder (``images/``, ``labels/``, ``classes.yaml``).
+        split: name of a list in ``root/splits/`` (without ``.txt``); all images when None.
+        labels: load labels (evaluation, supervised training); False for unlabelled target images.
+        transform: an albumentations transform called as ``transform(image=..., mask=...)`` on uint8 arrays.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, labels: bool = True,
+                 transform: Callable | None = None) -> None:
+        self.root, self.split, self.labels, self.transform = Path(root), split, labels, transform
+        image_dir = self.root / "images"
+        if not image_dir.is_dir():
+            raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
+                            "and ROOT/classes.yaml (check the path)")
+        self.classes = ClassSet.from_yaml(self.root / "classes.yaml")
+        self._lut = self.classes.lookup_table()
+        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        if split is not None:
+            split_file = self.root / "splits" / f"{split}.txt"
+            if not split_file.is_file():
+                raise DataError(f"{split_file}: split list not found; give an existing split or none")
+            names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
+            missing = [n for n in names if n not in images]
+            if missing:
+                raise DataError(f"{split_file}: {len(missing)} listed images are not in {image_dir} "
+                                f"(first: {missing[0]})")
+        else:
+            names = list(images)
+        if not names:
+            raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
+        self.images = [images[n] for n in names]
+        self.label_files = [self.root / "labels" / f"{n}.png" for n in names]
+        if labels:
+            missing = [p for p in self.label_files if not p.is_file()]
+            if missing:
+                raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
+                                "label); add the labels or use the folder as an unlabelled target")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw sample: uint8 [H, W, 3] image and uint8 [H, W] train-index mask (None without labels)."""
+        image = read_image(self.images[index])
+        if not self.labels:
+            return image, None
+        mask = self._lut[read_label(self.label_files[index])]
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{self.label_files[index]}: label is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                            f"{image.shape[1]}x{image.shape[0]}; image and label must have the same size")
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
+            image, mask = out["image"], out.get("mask")
+        sample = {"image": image_to_tensor(image), "name": self.images[index].stem}
+        if mask is not None:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return sample

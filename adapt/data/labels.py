@@ -1,0 +1,103 @@
+"""Class sets: names, ids, the id -> train-index lookup table and a colour palette.
+
+A dataset's label PNG holds class *ids* (whatever numbers its ``classes.yaml`` uses). Training and evaluation use
+contiguous *train indices* ``0..C-1`` in the order of the class list; everything else (the dataset's ignore value,
+unknown ids) becomes ``IGNORE_INDEX`` (255).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+IGNORE_INDEX = 255
+
+
+class DataError(ValueError):
+    """A dataset, class file or image that cannot be used; the message names the file and says what to do."""
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """An ordered set of classes.
+
+    Args:
+        names: class names, in train-index order.
+        ids: the value each class has in the label files (same order as ``names``).
+        ignore_index: the value of unlabelled pixels in the label files.
+    """
+
+    names: tuple[str, ...]
+    ids: tuple[int, ...]
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.ids):
+            raise DataError(f"class set has {len(self.names)} names but {len(self.ids)} ids")
+        if len(set(self.ids)) != len(self.ids):
+            dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
+            raise DataError(f"class set has duplicate ids {dup}; give every class its own id")
+        if len(set(self.names)) != len(self.names):
+            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise DataError(f"class set has duplicate names {dup}; give every class its own name")
+        if any(not 0 <= i <= 255 for i in self.ids) or self.ignore_index in self.ids:
+            raise DataError(f"class ids must lie in 0..255 and differ from ignore_index {self.ignore_index}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ClassSet:
+        """Read a ``classes.yaml``: ``ignore_index: INT`` and ``classes: [{id: INT, name: STR}, ...]``."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: class file not found; a folder dataset needs classes.yaml "
+                            "with 'ignore_index' and 'classes: [{id, name}, ...]'")
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise DataError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not doc["classes"]:
+            raise DataError(f"{path}: expected a mapping with a non-empty 'classes' list of {{id, name}}")
+        try:
+            ids = tuple(int(c["id"]) for c in doc["classes"])
+            names = tuple(str(c["name"]) for c in doc["classes"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: every entry of 'classes' needs an integer 'id' and a 'name'") from None
+        try:
+            return cls(names, ids, int(doc.get("ignore_index", IGNORE_INDEX)))
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+
+    def to_yaml(self, path: str | Path, comment: str = "") -> None:
+        lines = [f"# {line}" for line in comment.splitlines()]
+        doc = {"ignore_index": self.ignore_index,
+               "classes": [{"id": i, "name": n} for i, n in zip(self.ids, self.names)]}
+        Path(path).write_text("\n".join(lines + [yaml.safe_dump(doc, sort_keys=False)]))
+
+    def lookup_table(self) -> np.ndarray:
+        """uint8 [256]: label-file value -> train index (0..C-1) or IGNORE_INDEX."""
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        lut[list(self.ids)] = np.arange(self.num_classes, dtype=np.uint8)
+        return lut
+
+    def palette(self) -> np.ndarray:
+        """uint8 [C, 3] RGB colours, one per train index (deterministic, well separated)."""
+        return default_palette(self.num_classes)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """uint8 [num_classes, 3]: the PASCAL VOC bit-interleaving palette (distinct, deterministic colours)."""
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for index in range(num_classes):
+        c, value = index + 1, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                value[channel] |= ((c >> channel) & 1) << shift
+            c >>= 3
+        palette[index] = value
+    return palette
