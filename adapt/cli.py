@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 
@@ -20,7 +21,21 @@ from adapt.data.labels import DataError
 from adapt.nets.segmenter import ConfigError
 from adapt.recipe import check_recipe
 
-OWN_VERBS = ("evaluate", "data", "demo")
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertising tips are noise in a command's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+def quiet_lightning() -> None:
+    """Silence messages that say nothing about the run (tips, third-party deprecations, the TensorBoard hint)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
+    for message in (".*LightningCLI's args parameter.*", ".*LeafSpec.*is deprecated.*", ".*tensorboardX.*",
+                    ".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 class AdaptCLI(LightningCLI):
@@ -45,14 +60,12 @@ def run_lightning(args: list[str]) -> AdaptCLI:
     (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
     if args and args[0] in ("fit", "validate", "test", "predict"):
         check_recipe(args[1:])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        try:
-            return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
-                            save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
-                            args=args)
-        except ArgumentError as err:
-            raise ConfigError(" ".join(str(err).split())) from None
+    try:
+        return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+                        save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+                        args=args)
+    except ArgumentError as err:
+        raise ConfigError(" ".join(str(err).split())) from None
 
 
 def _evaluate(argv: list[str]) -> None:
@@ -89,6 +102,7 @@ def _data(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_lightning()
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
