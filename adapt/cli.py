@@ -3,6 +3,8 @@
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
     adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR]
     adapt data synth --out DIR [--num N] [--size H W] [--seed S]
+    adapt translate --checkpoint T.ckpt --direction source-to-target|target-to-source --input DIR --output DIR
+    adapt run EXPERIMENT.yaml [--out DIR]                       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
 """
 
@@ -75,12 +77,33 @@ def _evaluate(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .ckpt written by `adapt fit`")
     parser.add_argument("--root", required=True, help="labelled dataset folder (images/, labels/, classes.yaml)")
     parser.add_argument("--split", default=None, help="split list in ROOT/splits/ (default: all images)")
+    parser.add_argument("--kind", default="folder", choices=("folder", "gta5", "cityscapes"),
+                        help="dataset layout (cityscapes: --split train|val)")
     parser.add_argument("--out", default=None, help="folder for metrics.json (default: RUN/evaluate/ROOTNAME)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--translator", default=None,
+                        help="a translator .ckpt: evaluate F(g_ts(x_t)), target images mapped to source style")
     args = parser.parse_args(argv)
-    evaluate(args.checkpoint, args.root, args.split, args.out, args.batch_size, args.num_workers, args.accelerator)
+    evaluate(args.checkpoint, args.root, args.split, args.out, args.batch_size, args.num_workers, args.accelerator,
+             translator=args.translator, kind=args.kind)
+
+
+def _translate(argv: list[str]) -> None:
+    from adapt.tasks.translation import DIRECTIONS
+    from adapt.translate import translate_folder
+
+    parser = argparse.ArgumentParser(prog="adapt translate", description="Translate a folder dataset with T.")
+    parser.add_argument("--checkpoint", required=True, help="a translator .ckpt written by `adapt fit`")
+    parser.add_argument("--direction", required=True, choices=sorted(DIRECTIONS))
+    parser.add_argument("--input", required=True, help="folder dataset to translate")
+    parser.add_argument("--output", required=True, help="new folder: translated images + copied labels")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    count = translate_folder(args.checkpoint, args.direction, args.input, args.output, args.batch_size, args.device)
+    print(f"wrote {count} translated images to {args.output}")
 
 
 def _data(argv: list[str]) -> None:
@@ -111,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
             _evaluate(argv[1:])
         elif argv and argv[0] == "data":
             _data(argv[1:])
+        elif argv and argv[0] == "translate":
+            _translate(argv[1:])
+        elif argv and argv[0] == "run":
+            from adapt.experiment import run_main
+            run_main(argv[1:])
         elif argv and argv[0] == "demo":
             from adapt.demo import demo_main
             demo_main(argv[1:])

@@ -73,8 +73,15 @@ def _crop(crop_size: tuple[int, int] | None) -> list[A.BasicTransform]:
                          fill=0, fill_mask=IGNORE_INDEX, p=1.0)]
 
 
-def build_augment(augment: str | dict[str, Any] | None = "none",
-                  crop_size: tuple[int, int] | None = None) -> A.Compose:
+def _resize(resize: tuple[int, int] | None) -> list[A.BasicTransform]:
+    if resize is None:
+        return []
+    return [A.Resize(height=resize[0], width=resize[1], interpolation=cv2.INTER_AREA,
+                     mask_interpolation=cv2.INTER_NEAREST, p=1.0)]
+
+
+def build_augment(augment: str | dict[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
+                  resize: tuple[int, int] | None = None) -> A.Compose:
     """The training transform of a domain.
 
     Args:
@@ -83,11 +90,13 @@ def build_augment(augment: str | dict[str, Any] | None = "none",
             writes it (``{"__class_fullname__": "Compose", "transforms": [...]}``).
         crop_size: ``(height, width)`` of the random training crop (padded with ignore where the image is
             smaller), applied after the preset's geometry; the whole image when None.
+        resize: ``(height, width)`` every image is resized to first (area for images, nearest for masks), e.g.
+            GTA5's 1052x1914 frames to 720x1280; no resizing when None.
     """
-    crop = _crop(crop_size)
+    crop, first = _crop(crop_size), _resize(resize)
     if augment is None or augment in PRESETS:
         preset = augment or "none"
-        return A.Compose(_geometry(preset) + crop + _photometric(preset))
+        return A.Compose(first + _geometry(preset) + crop + _photometric(preset))
     if isinstance(augment, dict):
         try:
             pipeline = A.from_dict({"transform": augment})
@@ -102,7 +111,7 @@ def build_augment(augment: str | dict[str, Any] | None = "none",
             pipeline = A.load(str(path), data_format="yaml" if path.suffix in (".yaml", ".yml") else "json")
         except Exception as err:
             raise DataError(f"{path}: not a valid albumentations pipeline ({err}); save one with A.save()") from None
-    return A.Compose([pipeline] + crop)
+    return A.Compose(first + [pipeline] + crop)
 
 
 def seed_augment(transform: Any, seed: int) -> None:

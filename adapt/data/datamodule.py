@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -17,8 +17,36 @@ from torch.utils.data import DataLoader
 
 from adapt.data import synthetic
 from adapt.data.augment import build_augment, seed_augment
-from adapt.data.folder import FolderDataset
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
+from adapt.data.folder import FolderDataset, ImageLabelDataset
+from adapt.data.gta5 import GTA5Dataset
 from adapt.data.labels import ClassSet, DataError
+
+
+DatasetKind = Literal["folder", "gta5", "cityscapes"]
+
+
+def open_dataset(kind: str, root: str, split: str | None, labels: bool,
+                 transform: Callable | None = None) -> ImageLabelDataset:
+    """A dataset of one of the supported layouts.
+
+    Args:
+        kind: ``folder`` (``split``: a list in ``ROOT/splits/``), ``gta5`` (``split``: an optional list file of
+            stems) or ``cityscapes`` (``split``: ``train``, ``val`` or ``test``; ``val`` when None).
+    """
+    match kind:
+        case "folder":
+            return FolderDataset(root, split, labels=labels, transform=transform)
+        case "gta5":
+            return GTA5Dataset(root, labels=labels, transform=transform, list_file=split)
+        case "cityscapes":
+            return CityscapesDataset(root, split or "val", labels=labels, transform=transform)
+    raise DataError(f"dataset kind {kind!r}: choose folder, gta5 or cityscapes")
+
+
+def dataset_classes(kind: str, root: str) -> ClassSet:
+    """The class set of a dataset without listing its files."""
+    return ClassSet.from_yaml(Path(root) / "classes.yaml") if kind == "folder" else CITYSCAPES_CLASSES
 
 
 def seed_worker(worker_id: int) -> None:
@@ -29,19 +57,23 @@ def seed_worker(worker_id: int) -> None:
 
 
 class DomainDataModule(pl.LightningDataModule):
-    """Source and target domains in the folder format.
+    """Source and target domains, each in the folder format, the GTA5 layout or the Cityscapes layout.
 
     Args:
-        source_root: labelled source domain (folder format).
+        source_root: labelled source domain.
         target_root: target domain; its images are served unlabelled for training.
-        source_split: split list of ``source_root`` used for training (all images when None).
-        target_split: split list of ``target_root`` served (unlabelled) for training.
+        source_split: split of ``source_root`` used for training (all images when None; see ``open_dataset``).
+        target_split: split of ``target_root`` served (unlabelled) for training.
         val_root: labelled target set for validation and test (default: ``target_root``).
-        val_split: split list of ``val_root``.
+        val_split: split of ``val_root``.
+        source_kind: layout of ``source_root``: ``folder``, ``gta5`` or ``cityscapes``.
+        target_kind: layout of ``target_root`` and ``val_root``.
         augment: domain randomization of source images: a preset (``none``, ``weak``, ``strong``), a pipeline file
             or an inline albumentations pipeline (see ``adapt.data.augment.build_augment``).
         crop_size: ``(height, width)`` of random training crops; whole images when None (then all images of a
             domain must have one size).
+        resize: ``(height, width)`` training images of both domains are resized to before augmentation and
+            cropping (validation images keep their size: the evaluation protocol decides); None keeps sizes.
         batch_size: images per domain per training step (per process under DDP).
         val_batch_size: images per validation / test step.
         num_workers: DataLoader worker processes per loader.
@@ -53,26 +85,28 @@ class DomainDataModule(pl.LightningDataModule):
                  target_split: str | None = None, val_root: str | None = None, val_split: str | None = None,
                  augment: str | dict[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
                  batch_size: int = 8, val_batch_size: int = 4, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False) -> None:
+                 persistent_workers: bool = False, source_kind: DatasetKind = "folder",
+                 target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.source_kind, self.target_kind = source_kind, target_kind
         self.source_root, self.target_root = source_root, target_root
         self.source_split, self.target_split = source_split, target_split
         self.val_root, self.val_split = val_root or target_root, val_split
-        self.augment, self.crop_size = augment, crop_size
+        self.augment, self.crop_size, self.resize = augment, crop_size, resize
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=persistent_workers and num_workers > 0)
-        build_augment(augment, crop_size)  # fail now, not in a worker, on a bad pipeline
+        build_augment(augment, crop_size, resize)  # fail now, not in a worker, on a bad pipeline
 
     @cached_property
     def classes(self) -> ClassSet:
         """The class set of the source domain; target and validation sets must list the same names."""
-        source = ClassSet.from_yaml(Path(self.source_root) / "classes.yaml")
+        source = dataset_classes(self.source_kind, self.source_root)
         for root in {self.target_root, self.val_root}:
-            other = ClassSet.from_yaml(Path(root) / "classes.yaml")
+            other = dataset_classes(self.target_kind, root)
             if other.names != source.names:
-                raise DataError(f"{Path(root) / 'classes.yaml'}: classes {list(other.names)} differ from the source's "
+                raise DataError(f"{root}: classes {list(other.names)} differ from the source's "
                                 f"{list(source.names)}; give both domains one class list in one order")
         return source
 
@@ -82,13 +116,13 @@ class DomainDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.source = FolderDataset(self.source_root, self.source_split, labels=True,
-                                        transform=build_augment(self.augment, self.crop_size))
-            self.target = FolderDataset(self.target_root, self.target_split, labels=False,
-                                        transform=build_augment("none", self.crop_size))
-        self.val = FolderDataset(self.val_root, self.val_split, labels=True)
+            self.source = open_dataset(self.source_kind, self.source_root, self.source_split, labels=True,
+                                       transform=build_augment(self.augment, self.crop_size, self.resize))
+            self.target = open_dataset(self.target_kind, self.target_root, self.target_split, labels=False,
+                                       transform=build_augment("none", self.crop_size, self.resize))
+        self.val = open_dataset(self.target_kind, self.val_root, self.val_split, labels=True)
 
-    def _loader(self, dataset: FolderDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ImageLabelDataset, batch_size: int, shuffle: bool) -> DataLoader:
         if self.loader_kwargs["num_workers"] == 0:  # no workers to seed: seed from the (seeded) main RNG
             seed_augment(dataset.transform, int(torch.randint(2**31, ()).item()))
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,

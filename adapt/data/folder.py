@@ -5,6 +5,7 @@ Optional split lists: ``ROOT/splits/SPLIT.txt``, one NAME per line.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -35,9 +36,15 @@ def read_label(path: Path) -> np.ndarray:
             if label.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(f"{path}: label has mode {label.mode}; labels must be single-channel "
                                 "PNGs holding class ids")
-            return np.asarray(label).astype(np.uint8, copy=False)
+            values = np.asarray(label)
+    except FileNotFoundError:
+        raise DataError(f"{path}: label not found; add it or drop its image") from None
     except (OSError, SyntaxError) as err:
         raise DataError(f"{path}: cannot decode label ({err}); replace or remove the file") from None
+    if values.dtype != np.uint8 and values.size and (values.min() < 0 or values.max() > 255):
+        raise DataError(f"{path}: label values up to {values.max()} do not fit the 0..255 class ids; "
+                        "write labels as 8-bit PNGs of class ids")
+    return values.astype(np.uint8, copy=False)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -45,7 +52,54 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 
-class FolderDataset(Dataset):
+class ImageLabelDataset(Dataset):
+    """Shared sample logic of every dataset: subclasses fill ``names``, ``images``, ``label_files`` and set
+    ``classes`` (the label-file value -> train index table comes from it).
+
+    Each sample is a dict: ``image`` float32 [3, H, W] in [0, 1]; ``mask`` int64 [H, W] of train indices with
+    255 = ignore (only when ``labels=True``); ``name`` str.
+    """
+
+    classes: ClassSet
+    size_hint = "image and label must have the same size"
+
+    def __init__(self, root: str | Path, labels: bool, transform: Callable | None) -> None:
+        self.root, self.labels, self.transform = Path(root), labels, transform
+        self.names: list[str] = []
+        self.images: list[Path] = []
+        self.label_files: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """uint8 [256]: label-file value -> train index or 255."""
+        return self.classes.lookup_table()
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw sample: uint8 [H, W, 3] image and uint8 [H, W] train-index mask (None without labels)."""
+        image = read_image(self.images[index])
+        if not self.labels:
+            return image, None
+        mask = self.lut[read_label(self.label_files[index])]
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{self.label_files[index]}: label is {mask.shape[1]}x{mask.shape[0]} but its image "
+                            f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}; {self.size_hint}")
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
+            image, mask = out["image"], out.get("mask")
+        sample = {"image": image_to_tensor(image), "name": self.names[index]}
+        if mask is not None:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return sample
+
+
+class FolderDataset(ImageLabelDataset):
     """One domain in the folder format.
 
     Each sample is a dict: ``image`` float32 [3, H, W] in [0, 1]; ``mask`` int64 [H, W] of train indices with
@@ -60,13 +114,13 @@ class FolderDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str | None = None, labels: bool = True,
                  transform: Callable | None = None) -> None:
-        self.root, self.split, self.labels, self.transform = Path(root), split, labels, transform
+        super().__init__(root, labels, transform)
+        self.split = split
         image_dir = self.root / "images"
         if not image_dir.is_dir():
             raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
                             "and ROOT/classes.yaml (check the path)")
         self.classes = ClassSet.from_yaml(self.root / "classes.yaml")
-        self._lut = self.classes.lookup_table()
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         if split is not None:
             split_file = self.root / "splits" / f"{split}.txt"
@@ -81,6 +135,7 @@ class FolderDataset(Dataset):
             names = list(images)
         if not names:
             raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
+        self.names = names
         self.images = [images[n] for n in names]
         self.label_files = [self.root / "labels" / f"{n}.png" for n in names]
         if labels:
@@ -88,27 +143,3 @@ class FolderDataset(Dataset):
             if missing:
                 raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
                                 "label); add the labels or use the folder as an unlabelled target")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The raw sample: uint8 [H, W, 3] image and uint8 [H, W] train-index mask (None without labels)."""
-        image = read_image(self.images[index])
-        if not self.labels:
-            return image, None
-        mask = self._lut[read_label(self.label_files[index])]
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"{self.label_files[index]}: label is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                            f"{image.shape[1]}x{image.shape[0]}; image and label must have the same size")
-        return image, mask
-
-    def __getitem__(self, index: int) -> dict:
-        image, mask = self.load(index)
-        if self.transform is not None:
-            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
-            image, mask = out["image"], out.get("mask")
-        sample = {"image": image_to_tensor(image), "name": self.images[index].stem}
-        if mask is not None:
-            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
-        return sample

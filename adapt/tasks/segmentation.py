@@ -12,6 +12,7 @@ from torch.nn import functional as nnf
 from adapt.data.labels import IGNORE_INDEX
 from adapt.metrics import ConfusionMatrix, predict_padded, summarize
 from adapt.nets.segmenter import ConfigError, build_segmenter
+from adapt.nets.translator import translate_padded
 
 
 class SegmentationTask(pl.LightningModule):
@@ -27,12 +28,14 @@ class SegmentationTask(pl.LightningModule):
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
         lr_schedule: ``poly`` (lr * (1 - step / total) ** 0.9, per step, the segmentation standard) or ``constant``.
         ignore_index: label value that no loss or metric sees.
+        translator_checkpoint: a TranslationTask checkpoint; F then trains on ``g_st(x_s)`` (source images
+            rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
     """
 
     def __init__(self, arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
                  class_names: list[str] | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
-                 ignore_index: int = IGNORE_INDEX) -> None:
+                 ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -42,6 +45,26 @@ class SegmentationTask(pl.LightningModule):
         self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_results: dict = {}
+        # frozen translators are plain attributes, not submodules: not trained, not saved in F's checkpoint
+        self.__dict__["train_translator"] = None  # g_st applied to x_s in training_step
+        self.__dict__["eval_translator"] = None  # g_ts applied to x_t before F in validation / test
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.translator_checkpoint and self.train_translator is None:
+            from adapt.tasks.translation import load_generator
+
+            self.__dict__["train_translator"] = load_generator(self.hparams.translator_checkpoint, "source-to-target")
+
+    def set_eval_translator(self, generator: torch.nn.Module | None) -> None:
+        """Evaluate F(T(x_t)): ``generator`` (g_ts, frozen) maps target images to source style before F."""
+        self.__dict__["eval_translator"] = generator
+
+    def on_fit_start(self) -> None:
+        for translator in (self.train_translator, self.eval_translator):
+            if translator is not None:
+                translator.to(self.device)
+
+    on_test_start = on_validation_start = on_fit_start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1], any H, W -> logits float [B, C, H, W]."""
@@ -49,6 +72,9 @@ class SegmentationTask(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
+        if self.train_translator is not None:
+            with torch.no_grad():
+                x_s = translate_padded(self.train_translator, x_s)  # x_st: source content, target style
         logits_s = self.segmenter(x_s)
         loss = nnf.cross_entropy(logits_s, y_s, ignore_index=self.hparams.ignore_index)
         self.log("train/loss", loss, prog_bar=True, batch_size=x_s.shape[0])
@@ -56,6 +82,8 @@ class SegmentationTask(pl.LightningModule):
 
     def _evaluate_step(self, batch: dict, cm: ConfusionMatrix) -> None:
         x_t, y_t = batch["image"], batch["mask"]
+        if self.eval_translator is not None:
+            x_t = translate_padded(self.eval_translator, x_t)  # x_ts: target content, source style
         pred_t = self(x_t).argmax(1)
         cm.update(pred_t, y_t)
 

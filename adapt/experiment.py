@@ -1,0 +1,130 @@
+"""``adapt run EXPERIMENT.yaml``: the stages of a multi-stage experiment, each feeding the next.
+
+An experiment file::
+
+    out: runs/demo/cycada                 # everything goes here (--out or --trainer.default_root_dir override)
+    stages:
+      - name: source_only                 # a fit stage: a recipe plus command-line overrides
+        fit: recipes/demo/source_only.yaml
+        args: ["--data.init_args.root=${out}/data"]
+      - name: translator
+        fit: recipes/demo/translator.yaml
+        args: ["--model.init_args.segmenter_checkpoint=${source_only}"]   # ${STAGE}: that stage's checkpoint
+      - name: translated_target           # an evaluate stage: a row of the summary
+        evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${out}/data/target",
+                   split: val}
+
+Each stage writes ``OUT/NAME/`` and, once finished, ``OUT/NAME/stage.json``; a re-run skips stages that have
+it. The run ends with ``OUT/summary.json`` (evaluate stage name -> its metrics.json content) and a table.
+Extra ``--key=value`` arguments after the file are passed to every fit stage (e.g. ``--trainer.max_epochs=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from adapt.evaluate import evaluate
+from adapt.nets.segmenter import ConfigError
+from adapt.recipe import load_yaml
+from adapt.report import comparison_table, write_json
+
+STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}}
+EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size"}
+
+
+def _substitute(value: str, names: dict[str, str], where: str) -> str:
+    def replace(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in names:
+            raise ConfigError(f"{where}: ${{{key}}} names no earlier stage (known: {', '.join(sorted(names))})")
+        return names[key]
+
+    return re.sub(r"\$\{([^}]+)\}", replace, value)
+
+
+def check_experiment(doc: dict, path: Path) -> list[dict]:
+    """The stages of an experiment file, checked: known keys, unique names, recipes that exist."""
+    unknown = set(doc) - {"out", "stages"}
+    if unknown or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise ConfigError(f"{path}: an experiment has 'out' and a non-empty 'stages' list"
+                          f"{f' (unknown keys: {sorted(unknown)})' if unknown else ''}")
+    seen = set()
+    for i, stage in enumerate(doc["stages"]):
+        kind = next((k for k in STAGE_KEYS if isinstance(stage, dict) and k in stage), None)
+        if kind is None or "name" not in stage:
+            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit' or 'evaluate'")
+        name = str(stage["name"])
+        if set(stage) - STAGE_KEYS[kind]:
+            raise ConfigError(f"{path}: stage {name!r}: unknown keys {sorted(set(stage) - STAGE_KEYS[kind])}")
+        if name in seen or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{path}: stage name {name!r} must be unique and made of letters, digits, _ . -")
+        seen.add(name)
+        if kind == "fit" and not Path(stage["fit"]).is_file():
+            raise ConfigError(f"{path}: stage {name!r}: recipe {stage['fit']} not found (paths are relative to "
+                              "the folder you run from)")
+        if kind == "evaluate" and (set(stage["evaluate"]) - EVALUATE_KEYS or "checkpoint" not in stage["evaluate"]
+                                   or "root" not in stage["evaluate"]):
+            raise ConfigError(f"{path}: stage {name!r}: evaluate takes checkpoint, root and optionally "
+                              f"{sorted(EVALUATE_KEYS - {'checkpoint', 'root'})}")
+    return doc["stages"]
+
+
+def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
+    """Run (or finish) an experiment; returns the summary (evaluate stage name -> metrics)."""
+    from adapt.cli import run_lightning
+
+    path = Path(path)
+    doc = load_yaml(path)
+    stages = check_experiment(doc, path)
+    out = Path(out or doc.get("out") or Path("runs") / path.stem)
+    names: dict[str, str] = {"out": str(out)}
+    summary: dict[str, dict] = {}
+    for stage in stages:
+        name = stage["name"]
+        stage_dir, marker = out / name, out / name / "stage.json"
+        where = f"{path}: stage {name!r}"
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            print(f"== {name}: finished earlier, skipped ({marker})", flush=True)
+        elif "fit" in stage:
+            print(f"== {name}: fit {stage['fit']}", flush=True)
+            args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
+            cli = run_lightning(["fit", "--config", stage["fit"], f"--trainer.default_root_dir={stage_dir}",
+                                 *args, *(extra or [])])
+            checkpoint = cli.trainer.checkpoint_callback.last_model_path
+            if not checkpoint or not Path(checkpoint).is_file():
+                raise ConfigError(f"{where}: the fit wrote no checkpoint; keep checkpoint.save_last: true")
+            record = {"checkpoint": checkpoint}
+            write_json(marker, record)
+        else:
+            spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
+                    for k, v in stage["evaluate"].items()}
+            print(f"== {name}: evaluate {spec['checkpoint']}"
+                  f"{' through ' + spec['translator'] if spec.get('translator') else ''} on {spec['root']}", flush=True)
+            record = {"metrics": evaluate(spec["checkpoint"], spec["root"], spec.get("split"), stage_dir,
+                                          batch_size=spec.get("batch_size", 4), translator=spec.get("translator"))}
+            write_json(marker, record)
+        if "checkpoint" in record:
+            names[name] = record["checkpoint"]
+        if "metrics" in record:
+            summary[name] = record["metrics"]
+    write_json(out / "summary.json", summary)
+    print("\n== summary (mIoU and pixel accuracy, %)")
+    print(comparison_table({n: {"mIoU": m["miou"], "pixel acc.": m["pixel_accuracy"]} for n, m in summary.items()}))
+    print(f"summary: {out / 'summary.json'}")
+    return summary
+
+
+def run_main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="adapt run", description="Run the stages of an experiment file.")
+    parser.add_argument("experiment", help="experiment YAML (out, stages)")
+    parser.add_argument("--out", "--trainer.default_root_dir", dest="out", default=None,
+                        help="folder for everything the experiment writes (default: the file's 'out')")
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith("--")]
+    if bad:
+        raise ConfigError(f"adapt run: unexpected argument {bad[0]!r}; pass overrides as --key=value")
+    return run_experiment(args.experiment, args.out, extra)

@@ -1,0 +1,76 @@
+"""Loss terms of the translator T (CycleGAN, Zhu et al. 2017; CyCADA, Hoffman et al. 2018) as plain functions.
+
+Each returns a float scalar (a 0-dim tensor) that carries the graph; weighting (lambda_cycle, lambda_identity,
+lambda_semantic) and all optimizer calls stay in the task's ``training_step``. With G: X -> Y, its discriminator
+D_Y and the reverse generator R: Y -> X, CycleGAN's generator objective is
+``lsgan_loss(D_Y(G(x)), True) + lambda_cycle * cycle_loss(R(G(x)), x) + lambda_identity * identity_loss(G(y), y)``
+(and the same with the roles swapped); D_Y minimizes ``discriminator_loss(D_Y(y), D_Y(pool.query(G(x))))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as nnf
+
+
+def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss (Mao et al. 2017), CycleGAN's L_GAN: mean((scores - target)^2), target 1 for real,
+    0 for fake.
+
+    The generator's adversarial term is ``lsgan_loss(D(G(x)), True)``.
+
+    Args:
+        scores: raw discriminator outputs, float [B, 1, H', W'] (any shape).
+        real: whether the scores should read "real".
+    """
+    return nnf.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+def discriminator_loss(d_real_scores: torch.Tensor, d_fake_scores: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's discriminator objective, halved to slow D relative to G:
+    0.5 * (lsgan_loss(real, True) + lsgan_loss(fake, False)).
+
+    Args:
+        d_real_scores: D on real images of its domain, float [B, 1, H', W'].
+        d_fake_scores: D on (pooled, detached) translated images, float [B, 1, H', W'].
+    """
+    return 0.5 * (lsgan_loss(d_real_scores, True) + lsgan_loss(d_fake_scores, False))
+
+
+def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Cycle-consistency loss L_cyc: mean |R(G(x)) - x| (L1 averaged over all elements), measured on the
+    [-1, 1] scale on which CycleGAN computes it (twice the [0, 1] difference), so that its lambda_cycle = 10
+    carries over unchanged.
+
+    Args:
+        reconstructed: R(G(x)), float [B, 3, H, W] in [0, 1].
+        original: x, float [B, 3, H, W] in [0, 1].
+    """
+    return 2 * nnf.l1_loss(reconstructed, original)
+
+
+def identity_loss(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Identity-mapping loss L_identity: mean |G(y) - y| for y already in G's output domain (keeps colours),
+    on the [-1, 1] scale like ``cycle_loss``.
+
+    Args:
+        same: G(y), float [B, 3, H, W] in [0, 1].
+        original: y, float [B, 3, H, W] in [0, 1].
+    """
+    return 2 * nnf.l1_loss(same, original)
+
+
+def semantic_consistency_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """CyCADA's semantic-consistency loss L_sem: cross-entropy of the frozen segmenter's logits on a translated
+    image against labels for the untranslated one (its argmax predictions ``segmenter(x).argmax(1)``, or
+    ground truth where there is some), averaged over the labelled pixels.
+
+    Args:
+        logits: segmenter(T(x)), float [B, C, H, W].
+        labels: int64 [B, H, W] in [0, C) or ``ignore_index``.
+        ignore_index: label of pixels that count nowhere.
+
+    Returns 0 (with a graph) when every pixel is ignored, instead of cross-entropy's NaN.
+    """
+    total = nnf.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)

@@ -1,0 +1,196 @@
+"""TranslationTask: the translator T as a CycleGAN between source and target, with CyCADA's semantic consistency.
+
+``g_st`` maps source -> target style, ``g_ts`` target -> source style; ``d_t`` tells real target images from
+``g_st(x_s)``, ``d_s`` real source images from ``g_ts(x_t)``. One training step is one generator update and one
+discriminator update (manual optimization), so Lightning's ``global_step`` grows by 2 per batch: recipes give
+``max_steps`` as twice the number of iterations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from adapt.data.labels import IGNORE_INDEX
+from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
+from adapt.nets.segmenter import ConfigError
+from adapt.nets.translator import ImagePool, PatchDiscriminator, ResnetGenerator, translate_padded
+
+
+class TranslationTask(pl.LightningModule):
+    """CycleGAN (Zhu et al. 2017) between the source and target domains, optionally CyCADA (Hoffman et al. 2018).
+
+    Args:
+        ngf: generator width (64 in the paper).
+        n_blocks: generator residual blocks (9 in the paper for 256x256, 6 for 128x128).
+        ndf: discriminator width (64).
+        lambda_cycle: weight of the cycle L1 terms (10).
+        lambda_identity: weight of the identity L1 terms, as a fraction of ``lambda_cycle`` (0.5).
+        lambda_semantic: weight of CyCADA's semantic consistency (0 = plain CycleGAN); needs
+            ``segmenter_checkpoint``.
+        segmenter_checkpoint: a SegmentationTask checkpoint; its segmenter stays frozen and gives cross-entropy of
+            ``F(g_st(x_s))`` against ``y_s`` and of ``F(g_ts(x_t))`` against ``F(x_t).argmax(1)``.
+        lr: Adam learning rate of both generators and both discriminators (2e-4).
+        beta1: Adam beta1 (0.5).
+        pool_size: fakes kept in each image pool (50).
+        decay_start: fraction of the iterations after which the learning rate decays linearly to 0 (CycleGAN:
+            constant for ``n_epochs``, then linear decay for ``n_epochs_decay``; 0.5 = equal halves).
+        picture_every_n_steps: write a ``x_s | g_st(x_s) | x_t | g_ts(x_t)`` PNG this often (global steps) and at
+            the end; 0 = only at the end.
+        class_names: the data's class names (the CLI links them); checked against the segmenter checkpoint.
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, ndf: int = 64, lambda_cycle: float = 10.0,
+                 lambda_identity: float = 0.5, lambda_semantic: float = 0.0, segmenter_checkpoint: str | None = None,
+                 lr: float = 2e-4, beta1: float = 0.5, pool_size: int = 50, decay_start: float = 0.5,
+                 picture_every_n_steps: int = 0, class_names: list[str] | None = None) -> None:
+        super().__init__()
+        if lambda_semantic > 0 and not segmenter_checkpoint:
+            raise ConfigError("model.init_args.lambda_semantic > 0 needs model.init_args.segmenter_checkpoint")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.g_st, self.g_ts = ResnetGenerator(ngf, n_blocks), ResnetGenerator(ngf, n_blocks)
+        self.d_s, self.d_t = PatchDiscriminator(ndf), PatchDiscriminator(ndf)
+        self.pool_s, self.pool_t = ImagePool(pool_size), ImagePool(pool_size)
+        self.segmenter = None  # frozen F, loaded in setup(); kept out of this task's checkpoint
+        self._picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.lambda_semantic > 0 and self.segmenter is None:
+            from adapt.evaluate import load_segmentation_task
+
+            task = load_segmentation_task(self.hparams.segmenter_checkpoint)
+            names = self.hparams.class_names
+            if names and list(names) != task.class_names:
+                raise ConfigError(f"model.init_args.segmenter_checkpoint: its classes {task.class_names} differ "
+                                  f"from the data's {list(names)}")
+            segmenter = task.segmenter.eval().requires_grad_(False)
+            self.__dict__["segmenter"] = segmenter  # not a submodule: not trained, not saved with T
+
+    def on_fit_start(self) -> None:
+        if self.segmenter is not None:
+            self.segmenter.to(self.device)
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        x_s, y_s, x_t = batch["source"]["image"], batch["source"]["mask"], batch["target"]["image"]
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()
+
+        # generators: fool both discriminators, close both cycles, keep images already in the output domain
+        self.toggle_optimizer(opt_g)
+        x_st, x_ts = self.g_st(x_s), self.g_ts(x_t)
+        loss_gan = lsgan_loss(self.d_t(x_st), True) + lsgan_loss(self.d_s(x_ts), True)
+        loss_cycle = cycle_loss(self.g_ts(x_st), x_s) + cycle_loss(self.g_st(x_ts), x_t)
+        loss_g = loss_gan + hp.lambda_cycle * loss_cycle
+        if hp.lambda_identity > 0:
+            loss_identity = identity_loss(self.g_st(x_t), x_t) + identity_loss(self.g_ts(x_s), x_s)
+            loss_g = loss_g + hp.lambda_cycle * hp.lambda_identity * loss_identity
+            self.log("train/loss_identity", loss_identity)
+        if hp.lambda_semantic > 0:
+            with torch.no_grad():
+                pseudo_t = self.segmenter(x_t).argmax(1)
+            loss_semantic = (semantic_consistency_loss(self.segmenter(x_st), y_s, IGNORE_INDEX)
+                             + semantic_consistency_loss(self.segmenter(x_ts), pseudo_t, IGNORE_INDEX))
+            loss_g = loss_g + hp.lambda_semantic * loss_semantic
+            self.log("train/loss_semantic", loss_semantic)
+        opt_g.zero_grad()
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        # discriminators: real images of their domain against pooled, detached fakes
+        self.toggle_optimizer(opt_d)
+        fake_t, fake_s = self.pool_t.query(x_st.detach()), self.pool_s.query(x_ts.detach())
+        loss_d = (discriminator_loss(self.d_t(x_t), self.d_t(fake_t))
+                  + discriminator_loss(self.d_s(x_s), self.d_s(fake_s)))
+        opt_d.zero_grad()
+        self.manual_backward(loss_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+        self.log_dict({"train/loss_g": loss_g, "train/loss_gan": loss_gan, "train/loss_cycle": loss_cycle,
+                       "train/loss_d": loss_d}, prog_bar=True, batch_size=x_s.shape[0])
+        if self._picture_batch is None:
+            self._picture_batch = (x_s[:4].detach(), x_t[:4].detach())
+        every = hp.picture_every_n_steps
+        if every and self.global_step % every < 2:  # global_step grows by 2 per batch
+            self.write_picture(f"step_{self.global_step:07d}.png")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        betas = (hp.beta1, 0.999)
+        opt_g = torch.optim.Adam([*self.g_st.parameters(), *self.g_ts.parameters()], lr=hp.lr, betas=betas)
+        opt_d = torch.optim.Adam([*self.d_s.parameters(), *self.d_t.parameters()], lr=hp.lr, betas=betas)
+        iterations = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps > 0:  # max_steps counts optimizer steps: two per iteration
+            iterations = min(iterations, self.trainer.max_steps // 2)
+        constant = int(hp.decay_start * iterations)
+
+        def factor(iteration: int) -> float:
+            return 1.0 - max(0, iteration - constant) / max(iterations - constant, 1)
+
+        return ([opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt_g, factor),
+                                 torch.optim.lr_scheduler.LambdaLR(opt_d, factor)])
+
+    def on_train_end(self) -> None:
+        self.write_picture("final.png")
+
+    @torch.no_grad()
+    def write_picture(self, name: str) -> Path | None:
+        """PNG grid, one row per image: ``x_s | g_st(x_s) | x_t | g_ts(x_t)`` into ``LOG_DIR/pictures/``."""
+        if self._picture_batch is None or not self.trainer.is_global_zero:
+            return None
+        x_s, x_t = self._picture_batch
+        training = self.training
+        self.eval()
+        rows = torch.cat([x_s, translate_padded(self.g_st, x_s), x_t, translate_padded(self.g_ts, x_t)], dim=3)
+        self.train(training)
+        grid = torch.cat(list(rows), dim=1)  # [3, rows * H, 4 * W]
+        image = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "pictures"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}"
+        cv2.imwrite(str(tmp.with_suffix(".tmp.png")), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        tmp.with_suffix(".tmp.png").replace(folder / name)
+        return folder / name
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_pools"] = {"s": self.pool_s.state_dict(), "t": self.pool_t.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "image_pools" in checkpoint:
+            self.pool_s.load_state_dict(checkpoint["image_pools"]["s"])
+            self.pool_t.load_state_dict(checkpoint["image_pools"]["t"])
+
+
+DIRECTIONS = {"source-to-target": "g_st", "target-to-source": "g_ts"}
+
+
+def load_generator(checkpoint: str | Path, direction: str) -> ResnetGenerator:
+    """One generator of a TranslationTask checkpoint, in eval mode on the CPU, frozen.
+
+    Args:
+        direction: ``source-to-target`` (g_st) or ``target-to-source`` (g_ts).
+    """
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"--direction: {direction!r}; choose {' or '.join(DIRECTIONS)}")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"translator checkpoint {path} not found; give the .ckpt a translator fit wrote")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"translator checkpoint {path} is not readable ({type(err).__name__})") from None
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "ngf" not in hparams or "state_dict" not in ckpt:
+        raise ConfigError(f"{path} is not a translator (TranslationTask) checkpoint")
+    prefix = DIRECTIONS[direction] + "."
+    generator = ResnetGenerator(hparams["ngf"], hparams["n_blocks"])
+    generator.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return generator.eval().requires_grad_(False)

@@ -1,0 +1,166 @@
+"""TranslationTask: which weights each step moves, the frozen F, pictures, checkpoints, and using T."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from adapt.data import DomainDataModule
+from adapt.tasks import SegmentationTask, TranslationTask
+from adapt.tasks.translation import load_generator
+from conftest import REPO, run_adapt
+
+
+def datamodule(pair, batch_size=2):
+    return DomainDataModule(str(pair / "source"), str(pair / "target"), source_split="train", target_split="train",
+                            val_split="val", batch_size=batch_size, val_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def segmenter_ckpt(tiny_pair, tmp_path_factory):
+    """A (barely trained) F checkpoint on the tiny pair."""
+    dm = datamodule(tiny_pair)
+    task = SegmentationTask(arch="fpn", class_names=dm.class_names)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, dm)
+    path = tmp_path_factory.mktemp("f") / "f.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StepSpy(pl.Callback):
+    """Snapshots generator and discriminator weights around each optimizer's step."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_train_start(self, trainer, task):
+        for which, optimizer in zip(("g", "d"), trainer.optimizers):
+            original = optimizer.step
+
+            def step(*args, _original=original, _which=which, **kwargs):
+                before = {"g": params(task.g_st) | params(task.g_ts), "d": params(task.d_s) | params(task.d_t)}
+                result = _original(*args, **kwargs)
+                after = {"g": params(task.g_st) | params(task.g_ts), "d": params(task.d_s) | params(task.d_t)}
+                self.records.append((_which, before, after))
+                return result
+
+            optimizer.step = step
+
+
+def tiny_translation(**kwargs):
+    return TranslationTask(ngf=8, n_blocks=1, ndf=8, pool_size=2, **kwargs)
+
+
+def test_g_step_moves_only_g_and_d_step_only_d_and_f_stays_frozen(tiny_pair, segmenter_ckpt, tmp_path):
+    dm = datamodule(tiny_pair)
+    task = tiny_translation(lambda_semantic=1.0, segmenter_checkpoint=str(segmenter_ckpt),
+                            class_names=dm.class_names)
+    spy = StepSpy()
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[spy],
+                         default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    assert [r[0] for r in spy.records] == ["g", "d", "g", "d"]  # two optimizer steps per batch
+    assert trainer.global_step == 4
+    for which, before, after in spy.records:
+        other = "d" if which == "g" else "g"
+        assert same(before[other], after[other]), f"the {which} step changed {other}"
+        assert not same(before[which], after[which]), f"the {which} step changed nothing"
+    frozen = torch.load(segmenter_ckpt, weights_only=False)["state_dict"]
+    for name, value in task.segmenter.state_dict().items():
+        assert torch.equal(value, frozen[f"segmenter.{name}"]), name
+    assert not any(k.startswith("segmenter.") for k in task.state_dict())  # F is not saved with T
+    assert (tmp_path / "pictures" / "final.png").is_file()
+
+
+def test_semantic_loss_needs_a_segmenter():
+    with pytest.raises(ValueError, match="segmenter_checkpoint"):
+        tiny_translation(lambda_semantic=1.0)
+
+
+def test_lr_schedule_constant_then_linear(tiny_pair):
+    dm = datamodule(tiny_pair)
+    task = tiny_translation(decay_start=0.5, class_names=dm.class_names)
+    lrs = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    pl.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Watch()]).fit(task, dm)
+    # 4 iterations: constant for 2, then linear to 0 (factor after iteration i: 1 - max(0, i - 2) / 2)
+    assert lrs == pytest.approx([2e-4, 2e-4, 1e-4, 0.0])
+
+
+def write_experiment(tmp_path, pair):
+    """A tiny three-stage chain: F, T through F, evaluations of F(x_t) and F(g_ts(x_t))."""
+    f_recipe = yaml.safe_load((REPO / "recipes/demo/source_only.yaml").read_text())
+    f_recipe["trainer"].update(max_steps=2, max_epochs=None, check_val_every_n_epoch=1, limit_val_batches=1)
+    f_recipe["data"] = {"class_path": "adapt.data.DomainDataModule",
+                        "init_args": {"source_root": str(pair / "source"), "target_root": str(pair / "target"),
+                                      "source_split": "train", "target_split": "train", "val_split": "val",
+                                      "batch_size": 2}}
+    t_recipe = yaml.safe_load((REPO / "recipes/demo/translator.yaml").read_text())
+    t_recipe["trainer"].update(max_steps=4)
+    t_recipe["model"]["init_args"].update(ngf=8, n_blocks=1, ndf=8, picture_every_n_steps=2)
+    t_recipe["data"] = f_recipe["data"]
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(f_recipe))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(t_recipe))
+    experiment = {"out": str(tmp_path / "out"), "stages": [
+        {"name": "f", "fit": str(tmp_path / "f.yaml")},
+        {"name": "t", "fit": str(tmp_path / "t.yaml"), "args": ["--model.init_args.segmenter_checkpoint=${f}"]},
+        {"name": "plain", "evaluate": {"checkpoint": "${f}", "root": str(pair / "target"), "split": "val"}},
+        {"name": "translated", "evaluate": {"checkpoint": "${f}", "translator": "${t}",
+                                            "root": str(pair / "target"), "split": "val"}}]}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
+    experiment = write_experiment(tmp_path, tiny_pair)
+    first = run_adapt("run", str(experiment))
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"plain", "translated"}
+    assert summary["translated"]["translator"].endswith("last.ckpt") and summary["plain"]["translator"] is None
+    assert (out / "t" / "lightning_logs" / "version_0" / "pictures" / "final.png").is_file()
+    f_ckpt = json.loads((out / "f" / "stage.json").read_text())["checkpoint"]
+    stamp = (out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns
+    second = run_adapt("run", str(experiment))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("finished earlier, skipped") == 4
+    assert stamp == ((out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert not list((out / "f" / "lightning_logs").glob("version_1"))  # F was not trained again
+
+    # the T checkpoint drives `adapt translate` and loads as either generator
+    t_ckpt = json.loads((out / "t" / "stage.json").read_text())["checkpoint"]
+    assert load_generator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    result = run_adapt("translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
+                       "--input", str(tiny_pair / "source"), "--output", str(tmp_path / "translated"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from adapt.data import FolderDataset
+
+    translated = FolderDataset(tmp_path / "translated", split="val")
+    original = FolderDataset(tiny_pair / "source", split="val")
+    assert len(translated) == len(original)
+    assert torch.equal(translated[0]["mask"], original[0]["mask"])  # labels copied along
+    assert not torch.equal(translated[0]["image"], original[0]["image"])
+    wrong = run_adapt("evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
+    assert wrong.returncode != 0 and "not a segmenter" in wrong.stderr
+    assert f_ckpt
