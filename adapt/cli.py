@@ -2,7 +2,9 @@
 
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
     adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR]
+    adapt evaluate --predictions DIR --root DATASET [--kind K] [--split S] [--id-type label|train] [--out DIR]
     adapt data synth --out DIR [--num N] [--size H W] [--seed S]
+    adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
     adapt translate --checkpoint T.ckpt --direction source-to-target|target-to-source --input DIR --output DIR
     adapt run EXPERIMENT.yaml [--out DIR]                       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
@@ -71,10 +73,14 @@ def run_lightning(args: list[str]) -> AdaptCLI:
 
 
 def _evaluate(argv: list[str]) -> None:
-    from adapt.evaluate import evaluate
-
-    parser = argparse.ArgumentParser(prog="adapt evaluate", description="Score a segmenter on a folder dataset.")
-    parser.add_argument("--checkpoint", required=True, help="a .ckpt written by `adapt fit`")
+    parser = argparse.ArgumentParser(prog="adapt evaluate", description="Score a segmenter checkpoint, or the "
+                                     "label PNGs of any model (--predictions), on a labelled dataset.")
+    parser.add_argument("--checkpoint", default=None, help="a .ckpt written by `adapt fit`")
+    parser.add_argument("--predictions", default=None, metavar="DIR",
+                        help="instead of --checkpoint: predicted label PNGs, DIR/NAME.png (Cityscapes: NAME*.png)")
+    parser.add_argument("--id-type", dest="id_type", default="label", choices=("label", "train"),
+                        help="with --predictions: values are label ids (Cityscapes ids; folder: classes.yaml ids) "
+                             "or train indices 0..C-1")
     parser.add_argument("--root", required=True, help="labelled dataset folder (images/, labels/, classes.yaml)")
     parser.add_argument("--split", default=None, help="split list in ROOT/splits/ (default: all images)")
     parser.add_argument("--kind", default="folder", choices=("folder", "gta5", "cityscapes"),
@@ -86,6 +92,17 @@ def _evaluate(argv: list[str]) -> None:
     parser.add_argument("--translator", default=None,
                         help="a translator .ckpt: evaluate F(g_ts(x_t)), target images mapped to source style")
     args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.predictions is None):
+        raise ConfigError("adapt evaluate: give --checkpoint CKPT (score a model) or --predictions DIR (score label "
+                          f"PNGs); {'not both' if args.checkpoint else 'neither was given'}")
+    if args.predictions is not None:
+        if args.translator is not None:
+            raise ConfigError("--translator needs --checkpoint; predictions are scored as they are")
+        from adapt.score import score_predictions
+        score_predictions(args.predictions, args.root, args.kind, args.split, args.id_type, args.out)
+        return
+    from adapt.evaluate import evaluate
+
     evaluate(args.checkpoint, args.root, args.split, args.out, args.batch_size, args.num_workers, args.accelerator,
              translator=args.translator, kind=args.kind)
 
@@ -116,7 +133,19 @@ def _data(argv: list[str]) -> None:
     synth.add_argument("--num", type=int, default=400, help="images per domain")
     synth.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
     synth.add_argument("--seed", type=int, default=0)
+    check = verbs.add_parser("check", help="check a dataset: pairs, corrupt files, sizes, label values, frequencies")
+    check.add_argument("kind", choices=("folder", "gta5", "cityscapes"), help="dataset layout")
+    check.add_argument("root", help="dataset folder")
+    check.add_argument("--split", default=None,
+                       help="folder: a list in ROOT/splits/; gta5: a list file; cityscapes: train|val|test (val)")
     args = parser.parse_args(argv)
+    if args.verb == "check":
+        from adapt.check import check_dataset, format_report
+        report = check_dataset(args.kind, args.root, args.split)
+        print(format_report(report))
+        if report["problems"]:
+            sys.exit(1)
+        return
     if args.num < 2 or min(args.size) < 32:
         raise ConfigError("--num must be at least 2 and --size at least 32 32")
     source, target = synthetic.write_pair(args.out, num_images=args.num, size=tuple(args.size), seed=args.seed)

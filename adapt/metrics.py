@@ -24,6 +24,10 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         target: int [...] label train indices; ``ignore_index`` pixels are skipped.
     """
     valid = target != ignore_index
+    if valid.any() and (target[valid].max() >= num_classes or target[valid].min() < 0):
+        raise ValueError(f"confusion_matrix: label values outside 0..{num_classes - 1} (and not {ignore_index})")
+    if pred.numel() and (pred.max() >= num_classes or pred.min() < 0):
+        raise ValueError(f"confusion_matrix: predictions outside 0..{num_classes - 1}; map them to classes first")
     index = target[valid].long() * num_classes + pred[valid].long()
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 

@@ -90,7 +90,7 @@ def test_semantic_loss_needs_a_segmenter():
         tiny_translation(lambda_semantic=1.0)
 
 
-def test_lr_schedule_constant_then_linear(tiny_pair):
+def test_lr_schedule_constant_then_linear(tiny_pair, tmp_path):
     dm = datamodule(tiny_pair)
     task = tiny_translation(decay_start=0.5, class_names=dm.class_names)
     lrs = []
@@ -100,7 +100,8 @@ def test_lr_schedule_constant_then_linear(tiny_pair):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     pl.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0, callbacks=[Watch()]).fit(task, dm)
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Watch()],
+               default_root_dir=tmp_path).fit(task, dm)
     # 4 iterations: constant for 2, then linear to 0 (factor after iteration i: 1 - max(0, i - 2) / 2)
     assert lrs == pytest.approx([2e-4, 2e-4, 1e-4, 0.0])
 
@@ -164,3 +165,40 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     wrong = run_adapt("evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
     assert wrong.returncode != 0 and "not a segmenter" in wrong.stderr
     assert f_ckpt
+
+
+def test_logged_losses_equal_a_hand_computation(tiny_pair, tmp_path):
+    """One iteration with pool_size 0: recompute L_G and L_D from the batch and the weights it started with."""
+    import copy
+
+    dm = datamodule(tiny_pair)
+    task = TranslationTask(ngf=8, n_blocks=1, ndf=8, pool_size=0, class_names=dm.class_names)
+    seen = {}
+
+    class Capture(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["batch"] = batch
+            seen["nets"] = {n: copy.deepcopy(getattr(module, n)) for n in ("g_st", "g_ts", "d_s", "d_t")}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["logged"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[Capture()],
+               default_root_dir=tmp_path).fit(task, dm)
+    g_st, g_ts, d_s, d_t = (seen["nets"][n] for n in ("g_st", "g_ts", "d_s", "d_t"))
+    x_s, x_t = seen["batch"]["source"]["image"], seen["batch"]["target"]["image"]
+    with torch.no_grad():
+        x_st, x_ts = g_st(x_s), g_ts(x_t)
+        gan = ((d_t(x_st) - 1) ** 2).mean() + ((d_s(x_ts) - 1) ** 2).mean()
+        # L1 on CycleGAN's [-1, 1] scale: |(2a - 1) - (2b - 1)| = 2 |a - b|
+        cycle = 2 * (g_ts(x_st) - x_s).abs().mean() + 2 * (g_st(x_ts) - x_t).abs().mean()
+        identity = 2 * (g_st(x_t) - x_t).abs().mean() + 2 * (g_ts(x_s) - x_s).abs().mean()
+        loss_g = gan + 10 * cycle + 10 * 0.5 * identity
+        loss_d = (0.5 * (((d_t(x_t) - 1) ** 2).mean() + (d_t(x_st) ** 2).mean())
+                  + 0.5 * (((d_s(x_s) - 1) ** 2).mean() + (d_s(x_ts) ** 2).mean()))
+    logged = seen["logged"]
+    assert logged["train/loss_gan"] == pytest.approx(float(gan), rel=1e-5)
+    assert logged["train/loss_cycle"] == pytest.approx(float(cycle), rel=1e-5)
+    assert logged["train/loss_g"] == pytest.approx(float(loss_g), rel=1e-5)
+    assert logged["train/loss_d"] == pytest.approx(float(loss_d), rel=1e-5)

@@ -131,7 +131,7 @@ class CityscapesDataset(PairedDataset):
 def write_tiny_cityscapes(root: str | Path, split: str = "val", cities: Sequence[str] = ("aachen", "bremen"),
                           per_city: int = 2, size: tuple[int, int] = (64, 128), seed: int = 0) -> list[Path]:
     """Test / demo helper: a tiny fake Cityscapes split in the official layout (random RGB images, random
-    ``*_gtFine_labelIds.png`` with every label id 0..33 and some 255). Returns the image paths, sorted."""
+    ``*_gtFine_labelIds.png`` with label ids drawn from 0..33, as real gtFine files hold). Returns the image paths, sorted."""
     root, rng, paths = Path(root), np.random.default_rng(seed), []
     for city in cities:
         (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def write_tiny_cityscapes(root: str | Path, split: str = "val", cities: Sequence
         for i in range(per_city):
             stem = f"{city}_{i:06d}_000019"
             image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            label = rng.choice(np.r_[np.arange(34), 255], size).astype(np.uint8)
+            label = rng.integers(0, 34, size).astype(np.uint8)
             path = root / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}"
             Image.fromarray(image).save(path)
             Image.fromarray(label).save(root / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}")

@@ -1,0 +1,226 @@
+"""``adapt data check KIND ROOT [--split S]``: find what would break a run in a dataset tree, before the run does.
+
+Every image and label of the set is decoded (the readers of ``adapt.data.folder``), so a corrupt file is reported,
+never raised. Problems, by kind (the keys of ``report["problems"]``):
+
+    missing_image     a name in the split / list file has no image
+    missing_label     an image without its label
+    orphan_label      a label file without its image
+    unreadable_image  an image that cannot be decoded (corrupt, truncated, not an image)
+    unreadable_label  a label that cannot be decoded, or is not a single-channel PNG of class ids
+    size_mismatch     an image and its label differ in size
+    bad_label_values  label values outside the class map: for ``folder`` neither a listed id nor the ignore
+                      value; for ``gta5`` / ``cityscapes`` not a Cityscapes label id (0..33) and not 255
+
+Class pixel frequencies are per train class, in percent of labelled pixels (those that map to a class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
+
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, IMAGE_SUFFIX, LABEL_SUFFIX, read_list_file
+from adapt.data.folder import IMAGE_SUFFIXES, read_image, read_label
+from adapt.data.labels import IGNORE_INDEX, ClassSet, DataError
+
+PROBLEMS = {
+    "missing_image": "listed but no image",
+    "missing_label": "image without a label",
+    "orphan_label": "label without an image",
+    "unreadable_image": "unreadable or corrupt image",
+    "unreadable_label": "unreadable or corrupt label",
+    "size_mismatch": "image and label sizes differ",
+    "bad_label_values": "label values outside the class map",
+}
+EXAMPLES = 5
+
+
+@dataclass
+class _Tree:
+    """The files of one set: ``names`` to check (in order), name -> image / label file (only existing ones)."""
+
+    classes: ClassSet
+    valid: np.ndarray  # bool [256]: values a label file may hold
+    names: list[str]
+    images: dict[str, Path]
+    labels: dict[str, Path]
+    orphans: list[Path] = field(default_factory=list)
+
+
+def _cityscapes_valid() -> np.ndarray:
+    valid = np.zeros(256, dtype=bool)
+    valid[[l.id for l in _CITYSCAPES_LABELS if 0 <= l.id < 256]] = True
+    valid[IGNORE_INDEX] = True
+    return valid
+
+
+def _images_in(image_dir: Path) -> dict[str, Path]:
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; check the root and the dataset kind")
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise DataError(f"{image_dir}: no .png/.jpg images found; check the root and the dataset kind")
+    return images
+
+
+def _folder_tree(root: Path, split: str | None) -> _Tree:
+    images = _images_in(root / "images")
+    classes = ClassSet.from_yaml(root / "classes.yaml")
+    valid = np.zeros(256, dtype=bool)
+    valid[list(classes.ids)] = True
+    valid[classes.ignore_index] = True
+    label_dir = root / "labels"
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
+    names = list(images)
+    if split is not None:
+        split_file = root / "splits" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DataError(f"{split_file}: split list not found; give an existing split or none")
+        names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
+    orphans = [p for n, p in labels.items() if n not in images]
+    return _Tree(classes, valid, names, images, labels, orphans)
+
+
+def _gta5_tree(root: Path, split: str | None) -> _Tree:
+    images = _images_in(root / "images")
+    label_dir = root / "labels"
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
+    names = read_list_file(split) if split is not None else list(images)
+    orphans = [p for n, p in labels.items() if n not in images]
+    return _Tree(CITYSCAPES_CLASSES, _cityscapes_valid(), names, images, labels, orphans)
+
+
+def _cityscapes_tree(root: Path, split: str) -> _Tree:
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; Cityscapes needs ROOT/leftImg8bit/{{split}}/{{city}}/"
+                        f"*{IMAGE_SUFFIX} (check root and split)")
+    images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
+    if not images:
+        raise DataError(f"{image_dir}: no */*{IMAGE_SUFFIX} images found; expected one folder per city")
+    labels, orphans = {}, []
+    for path in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}")):
+        name = path.name[: -len(LABEL_SUFFIX)]
+        if name in images and images[name].parent.name == path.parent.name:
+            labels[name] = path
+        else:  # no image, or the image sits in another city folder (the loader would not find this label)
+            orphans.append(path)
+    return _Tree(CITYSCAPES_CLASSES, _cityscapes_valid(), list(images), images, labels, orphans)
+
+
+def check_dataset(kind: str, root: str | Path, split: str | None = None) -> dict:
+    """Check one set of a dataset (``kind``: ``folder``, ``gta5``, ``cityscapes``; ``split`` as in
+    ``adapt.data.datamodule.open_dataset``).
+
+    Returns the report: ``kind``, ``root``, ``split``, ``counts`` (``samples``, ``images``, ``labels``,
+    ``pairs`` (pairs without any problem), ``label_pixels``, ``labelled_pixels``), ``problems`` (problem kind ->
+    files relative to ``root``; only kinds that occur), ``details`` (file -> what is wrong) and ``frequencies``
+    (class name -> percent of labelled pixels; None when no pixel is labelled).
+
+    Raises:
+        DataError: ``root`` is missing, holds no images, or lacks what the layout needs (classes.yaml, a split).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found; check the path")
+    match kind:
+        case "folder":
+            tree = _folder_tree(root, split)
+        case "gta5":
+            tree = _gta5_tree(root, split)
+        case "cityscapes":
+            split = split or "val"
+            tree = _cityscapes_tree(root, split)
+        case _:
+            raise DataError(f"dataset kind {kind!r}: choose folder, gta5 or cityscapes")
+
+    problems: dict[str, list[str]] = {key: [] for key in PROBLEMS}
+    details: dict[str, str] = {}
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def add(key: str, name: str, detail: str = "") -> None:
+        problems[key].append(name)
+        if detail:
+            details[name] = detail
+
+    histogram = np.zeros(256, dtype=np.int64)
+    pairs = 0
+    for name in tree.names:
+        if name not in tree.images:
+            add("missing_image", name)
+            continue
+        image_path = tree.images[name]
+        try:
+            image_size = read_image(image_path).shape[:2]
+        except DataError:
+            image_size = None
+            add("unreadable_image", rel(image_path), "cannot decode")
+        if name not in tree.labels:
+            add("missing_label", rel(image_path))
+            continue
+        label_path = tree.labels[name]
+        try:
+            label = read_label(label_path)
+        except DataError as err:
+            add("unreadable_label", rel(label_path), str(err).split(": ", 1)[-1].split(";")[0])
+            continue
+        counts = np.bincount(label.ravel(), minlength=256)
+        histogram += counts
+        bad = np.flatnonzero(counts * ~tree.valid)
+        if bad.size:
+            shown = ", ".join(map(str, bad[:8])) + (", ..." if bad.size > 8 else "")
+            add("bad_label_values", rel(label_path), f"values {shown}")
+        if image_size is not None and image_size != label.shape:
+            add("size_mismatch", rel(label_path), f"label {label.shape[1]}x{label.shape[0]}, "
+                                                  f"image {image_size[1]}x{image_size[0]}")
+        elif image_size is not None and not bad.size:
+            pairs += 1
+    for path in tree.orphans:
+        add("orphan_label", rel(path))
+
+    lut = tree.classes.lookup_table()
+    class_pixels = np.bincount(lut, weights=histogram, minlength=256)[: tree.classes.num_classes]
+    labelled = int(class_pixels.sum())
+    frequencies = {n: (round(100 * float(c) / labelled, 4) if labelled else None)
+                   for n, c in zip(tree.classes.names, class_pixels)}
+    counts = {"samples": len(tree.names), "images": sum(n in tree.images for n in tree.names),
+              "labels": sum(n in tree.labels for n in tree.names), "pairs": pairs,
+              "label_pixels": int(histogram.sum()), "labelled_pixels": labelled}
+    return {"kind": kind, "root": str(root), "split": split, "counts": counts,
+            "problems": {k: v for k, v in problems.items() if v}, "details": details, "frequencies": frequencies}
+
+
+def format_report(report: dict) -> str:
+    """The report for a person: counts, each problem kind with its total and up to 5 example files, frequencies."""
+    counts, problems = report["counts"], report["problems"]
+    split = f" [{report['split']}]" if report["split"] else ""
+    lines = [f"{report['kind']} dataset {report['root']}{split}: {counts['samples']} samples, {counts['images']} "
+             f"images, {counts['labels']} labels, {counts['pairs']} good pairs"]
+    if problems:
+        total = sum(len(v) for v in problems.values())
+        lines.append(f"PROBLEMS: {total} in {len(problems)} kind{'s' * (len(problems) > 1)}")
+        for key, files in problems.items():
+            lines.append(f"  {PROBLEMS[key]} ({key}): {len(files)}")
+            for name in files[:EXAMPLES]:
+                detail = report["details"].get(name)
+                lines.append(f"    {name}{f'  ({detail})' if detail else ''}")
+            if len(files) > EXAMPLES:
+                lines.append(f"    ... and {len(files) - EXAMPLES} more")
+    else:
+        lines.append("no problems found")
+    labelled, pixels = counts["labelled_pixels"], counts["label_pixels"]
+    if labelled:
+        unlabelled = 100 * (pixels - labelled) / pixels
+        lines.append(f"class pixel frequencies (% of {labelled:,} labelled pixels; {unlabelled:.2f}% of "
+                     f"{pixels:,} label pixels are ignore or unmapped):")
+        width = max(len(n) for n in report["frequencies"])
+        lines += [f"  {name:<{width}}  {pct:6.2f}" for name, pct in report["frequencies"].items()]
+    else:
+        lines.append("class pixel frequencies: no labelled pixels")
+    return "\n".join(lines)

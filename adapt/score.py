@@ -1,0 +1,115 @@
+"""``adapt evaluate --predictions DIR``: score label PNGs that any model wrote against a labelled dataset.
+
+Prediction files are matched by sample name: ``DIR/NAME.png``; for Cityscapes also the official result naming
+``NAME*.png`` anywhere under ``DIR`` (``frankfurt_000000_000294_leftImg8bit.png``, ``..._pred.png``), as
+cityscapesscripts' evaluator finds them. ``id_type`` says what the values are:
+
+- ``label``: the dataset's label-file values (Cityscapes / GTA5: Cityscapes label ids 0..33; folder: the ids of
+  ``classes.yaml``), mapped to train indices like the labels;
+- ``train``: train indices ``0..C-1``.
+
+A predicted value that maps to no class (an id ignored in evaluation, a train index >= C, 255) is a *void*
+prediction: a miss (false negative) for the pixel's true class and a false positive for no class, exactly as
+cityscapesscripts counts predictions of ignored label ids. One confusion matrix is accumulated over the whole set.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adapt.data.cityscapes import label_id_to_train_index
+from adapt.data.datamodule import open_dataset
+from adapt.data.folder import read_label
+from adapt.data.labels import IGNORE_INDEX, ClassSet, DataError
+from adapt.metrics import confusion_matrix, iou_per_class, pixel_accuracy
+from adapt.report import per_class_table, write_json
+
+ID_TYPES = ("label", "train")
+
+
+def find_predictions(pred_dir: Path, names: list[str], prefix: bool = False) -> list[Path]:
+    """The prediction file of each sample name: ``pred_dir/NAME.png``, else (``prefix``) the one ``NAME*.png``
+    under ``pred_dir`` whose name continues with ``_`` or ``.`` after NAME. DataError naming the first missing or
+    ambiguous file."""
+    candidates = sorted(pred_dir.rglob("*.png")) if prefix else []
+    files, missing = [], []
+    for name in names:
+        path = pred_dir / f"{name}.png"
+        if not path.is_file() and prefix:
+            matches = [p for p in candidates if p.name.startswith(name) and p.name[len(name)] in "_."]
+            if len(matches) > 1:
+                raise DataError(f"{pred_dir}: {len(matches)} predictions match sample {name} ({matches[0].name}, "
+                                f"{matches[1].name}); keep one file per image")
+            path = matches[0] if matches else path
+        (files if path.is_file() else missing).append(path)
+    if missing:
+        pattern = "NAME.png or NAME*.png" if prefix else "NAME.png"
+        raise DataError(f"{missing[0]}: prediction not found ({len(missing)} of {len(names)} samples have none); "
+                        f"write one label PNG per image, named {pattern} after the sample")
+    return files
+
+
+def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
+    """int64 [256]: prediction value -> train index, or ``C`` (void) for a value that maps to no class."""
+    num_classes = classes.num_classes
+    if id_type == "label":
+        lut = (label_id_to_train_index() if kind in ("gta5", "cityscapes") else classes.lookup_table()).astype(np.int64)
+    elif id_type == "train":
+        lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        lut[:num_classes] = np.arange(num_classes)
+    else:
+        raise DataError(f"id type {id_type!r}: choose label or train")
+    lut[lut == IGNORE_INDEX] = num_classes
+    return lut
+
+
+def summarize_with_void(cm: torch.Tensor, class_names: list[str]) -> dict:
+    """``adapt.metrics.summarize`` of an int64 [C+1, C+1] matrix whose last column counts void predictions (and
+    whose last row is empty): they lower the IoU of the true class and the pixel accuracy; void has no IoU."""
+    iou = iou_per_class(cm)[: len(class_names)]
+    pct = lambda v: None if math.isnan(v) else round(100 * v, 6)  # noqa: E731  (as in summarize)
+    return {"miou": pct(float(iou.nanmean())) if (~iou.isnan()).any() else None,
+            "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
+            "pixel_accuracy": pct(pixel_accuracy(cm))}
+
+
+def score_predictions(predictions: str | Path, root: str | Path, kind: str = "folder", split: str | None = None,
+                      id_type: str = "label", out: str | Path | None = None, verbose: bool = True) -> dict:
+    """Score the label PNGs in ``predictions`` against the labelled set ``root`` (``kind``, ``split`` as in
+    ``adapt.data.datamodule.open_dataset``).
+
+    Returns the metrics dict written to ``out/metrics.json`` (default: ``predictions/metrics.json``): ``miou``,
+    ``per_class_iou`` (class -> percent or None), ``pixel_accuracy`` (percent), ``num_images``, ``protocol``
+    (``{"mode": "predictions", "id_type": ...}``), ``predictions``, ``root``, ``kind``, ``split``.
+    """
+    pred_dir = Path(predictions)
+    if not pred_dir.is_dir():
+        raise DataError(f"--predictions: {pred_dir} is not a folder; give the folder of predicted label PNGs")
+    dataset = open_dataset(kind, str(root), split, labels=True)
+    pred_lut = prediction_table(kind, dataset.classes, id_type)
+    files = find_predictions(pred_dir, dataset.names, prefix=kind == "cityscapes")
+    num_classes = dataset.classes.num_classes
+    cm = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.long)
+    for label_file, pred_file in zip(dataset.label_files, files):
+        target = dataset.lut[read_label(label_file)]
+        pred = pred_lut[read_label(pred_file)]
+        if pred.shape != target.shape:
+            raise DataError(f"{pred_file}: prediction is {pred.shape[1]}x{pred.shape[0]} but label {label_file.name} "
+                            f"is {target.shape[1]}x{target.shape[0]}; write predictions at the label's resolution")
+        cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes + 1)
+    split = (split or "val") if kind == "cityscapes" else split
+    metrics = dict(summarize_with_void(cm, list(dataset.classes.names)), num_images=len(dataset),
+                   protocol={"mode": "predictions", "id_type": id_type}, predictions=str(pred_dir),
+                   root=str(root), kind=kind, split=split)
+    out = Path(out) if out is not None else pred_dir
+    write_json(out / "metrics.json", metrics)
+    if verbose:
+        title = (f"{Path(root).name}{f' [{split}]' if split else ''}: {len(dataset)} images, "
+                 f"predictions {pred_dir} ({id_type} ids)")
+        print(per_class_table(metrics, title))
+        print(f"metrics: {out / 'metrics.json'}")
+    return metrics
