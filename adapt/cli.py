@@ -1,7 +1,8 @@
 """The ``adapt`` command: one hop from the shell to Lightning.
 
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
-    adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR]
+    adapt evaluate --checkpoint CKPT --root DATASET [--root ...] [--split S ...] [--out DIR]
+                   [--protocol full|resize|slide] [--size H W] [--window H W] [--stride H W]
     adapt evaluate --predictions DIR --root DATASET [--kind K] [--split S] [--id-type label|train] [--out DIR]
     adapt data synth --out DIR [--num N] [--size H W] [--seed S]
     adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
@@ -74,18 +75,31 @@ def run_lightning(args: list[str]) -> AdaptCLI:
 
 def _evaluate(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="adapt evaluate", description="Score a segmenter checkpoint, or the "
-                                     "label PNGs of any model (--predictions), on a labelled dataset.")
+                                     "label PNGs of any model (--predictions), on labelled datasets.")
     parser.add_argument("--checkpoint", default=None, help="a .ckpt written by `adapt fit`")
     parser.add_argument("--predictions", default=None, metavar="DIR",
                         help="instead of --checkpoint: predicted label PNGs, DIR/NAME.png (Cityscapes: NAME*.png)")
     parser.add_argument("--id-type", dest="id_type", default="label", choices=("label", "train"),
                         help="with --predictions: values are label ids (Cityscapes ids; folder: classes.yaml ids) "
                              "or train indices 0..C-1")
-    parser.add_argument("--root", required=True, help="labelled dataset folder (images/, labels/, classes.yaml)")
-    parser.add_argument("--split", default=None, help="split list in ROOT/splits/ (default: all images)")
-    parser.add_argument("--kind", default="folder", choices=("folder", "gta5", "cityscapes"),
-                        help="dataset layout (cityscapes: --split train|val)")
-    parser.add_argument("--out", default=None, help="folder for metrics.json (default: RUN/evaluate/ROOTNAME)")
+    parser.add_argument("--root", required=True, action="append",
+                        help="labelled dataset folder; repeat it to evaluate several sets (OUT/ROOTNAME each, "
+                             "a comparison table and OUT/summary.json)")
+    parser.add_argument("--split", default=None, action="append",
+                        help="split list in ROOT/splits/ (default: all images); once for all roots or once per root")
+    parser.add_argument("--kind", default=None, action="append", choices=("folder", "gta5", "cityscapes"),
+                        help="dataset layout (default folder; cityscapes: --split train|val); once or once per root")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and the PNG reports (default: "
+                                                    "RUN/evaluate/ROOTNAME; several roots: RUN/evaluate)")
+    parser.add_argument("--protocol", default="full", choices=("full", "resize", "slide"),
+                        help="full: whole image (padded to a multiple of 32); resize: input resized to --size, "
+                             "logits resized back; slide: --window windows every --stride, logits averaged")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="with --protocol resize")
+    parser.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"), help="with --protocol slide")
+    parser.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="with --protocol slide (default: half the window)")
+    parser.add_argument("--examples", type=int, default=6, help="images in examples.png (0: none)")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="write metrics.json only")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--accelerator", default="auto")
@@ -95,16 +109,33 @@ def _evaluate(argv: list[str]) -> None:
     if (args.checkpoint is None) == (args.predictions is None):
         raise ConfigError("adapt evaluate: give --checkpoint CKPT (score a model) or --predictions DIR (score label "
                           f"PNGs); {'not both' if args.checkpoint else 'neither was given'}")
+    kinds, splits = args.kind or ["folder"], args.split or [None]
     if args.predictions is not None:
         if args.translator is not None:
             raise ConfigError("--translator needs --checkpoint; predictions are scored as they are")
+        if args.protocol != "full" or args.size or args.window or args.stride:
+            raise ConfigError("--protocol/--size/--window/--stride need --checkpoint; predictions are scored as "
+                              "they are, at the labels' resolution")
+        if len(args.root) > 1 or len(kinds) > 1 or len(splits) > 1:
+            raise ConfigError("--predictions scores one --root (one --split, one --kind)")
         from adapt.score import score_predictions
-        score_predictions(args.predictions, args.root, args.kind, args.split, args.id_type, args.out)
+        score_predictions(args.predictions, args.root[0], kinds[0], splits[0], args.id_type, args.out)
         return
-    from adapt.evaluate import evaluate
+    from adapt.evaluate import evaluate, evaluate_roots
+    from adapt.metrics import make_protocol
 
-    evaluate(args.checkpoint, args.root, args.split, args.out, args.batch_size, args.num_workers, args.accelerator,
-             translator=args.translator, kind=args.kind)
+    try:
+        protocol = make_protocol(args.protocol, args.size, args.window, args.stride)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.examples < 0:
+        raise ConfigError(f"--examples: {args.examples}; give 0 or more")
+    options = dict(batch_size=args.batch_size, num_workers=args.num_workers, accelerator=args.accelerator,
+                   translator=args.translator, protocol=protocol, num_examples=args.examples, plots=args.plots)
+    if len(args.root) == 1 and len(kinds) == 1 and len(splits) == 1:
+        evaluate(args.checkpoint, args.root[0], splits[0], args.out, kind=kinds[0], **options)
+    else:
+        evaluate_roots(args.checkpoint, args.root, splits, kinds, args.out, **options)
 
 
 def _translate(argv: list[str]) -> None:

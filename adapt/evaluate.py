@@ -1,4 +1,9 @@
-"""Evaluate a trained segmenter checkpoint on a labelled folder dataset and write metrics.json."""
+"""Evaluate a trained segmenter checkpoint on labelled target sets: metrics.json and PNG reports per set.
+
+Under an explicit protocol (``adapt.metrics.make_protocol``: full, resize or slide, written into every report),
+one confusion matrix and one set of calibration bins over the whole split give mIoU, per-class IoU, pixel accuracy
+and ECE; ``adapt.plots`` draws per_class_iou.png, confusion_matrix.png, reliability.png and examples.png.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,11 @@ from torch.utils.data import DataLoader
 
 from adapt.data.datamodule import open_dataset
 from adapt.data.labels import DataError
+from adapt.metrics import make_protocol
 from adapt.nets.segmenter import ConfigError
-from adapt.report import per_class_table, write_json
+from adapt.report import comparison_table, per_class_table, worst_classes_line, write_json
 from adapt.tasks.segmentation import SegmentationTask
 from adapt.tasks.translation import load_generator
-
-PROTOCOL_FULL = {"mode": "full", "description": "whole image at its own resolution, padded (replicate) to a "
-                                                "multiple of 32 and cropped back; labels at full resolution"}
 
 
 def load_segmentation_task(checkpoint: str | Path) -> SegmentationTask:
@@ -37,17 +40,77 @@ def load_segmentation_task(checkpoint: str | Path) -> SegmentationTask:
 
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,
              batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
-             translator: str | Path | None = None, kind: str = "folder") -> dict:
-    """Score ``checkpoint`` on the labelled folder dataset ``root`` (one confusion matrix over the split); with
+             translator: str | Path | None = None, kind: str = "folder", protocol: dict | None = None,
+             num_examples: int = 6, plots: bool = True) -> dict:
+    """Score ``checkpoint`` on the labelled dataset ``root`` (one confusion matrix over the split); with
     ``translator`` (a TranslationTask checkpoint) score F(g_ts(x_t)) instead of F(x_t). ``kind``: the dataset
-    layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datamodule.open_dataset``).
+    layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datamodule.open_dataset``). ``protocol``: a
+    ``make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports next to metrics.json, with
+    the first ``num_examples`` samples in examples.png.
 
     Returns the metrics dict written to ``out/metrics.json``: ``miou``, ``per_class_iou`` (class -> percent or
-    None), ``pixel_accuracy`` (percent), ``num_images``, ``protocol``, ``checkpoint``, ``root``, ``split``.
+    None), ``pixel_accuracy`` and ``ece`` (percent), ``calibration`` (bin edges, count, mean confidence and
+    accuracy per bin), ``confusion_matrix`` (rows label, columns prediction), ``num_images``, ``protocol``,
+    ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``.
     """
+    task = _load(checkpoint, translator, protocol)
+    out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
+    return _evaluate_one(task, checkpoint, translator, root, split, kind, out, batch_size, num_workers, accelerator,
+                         verbose, num_examples if plots else 0, plots)
+
+
+def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | None] | None = None,
+                   kinds: list[str] | None = None, out: str | Path | None = None, batch_size: int = 4,
+                   num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
+                   translator: str | Path | None = None, protocol: dict | None = None, num_examples: int = 6,
+                   plots: bool = True) -> dict:
+    """``evaluate`` on several target sets: each into ``out/<root name>/`` (default ``out``: RUN/evaluate), one
+    comparison table printed, ``out/summary.json`` = {root name: metrics}. ``splits`` and ``kinds``: one value for
+    all roots or one per root."""
+    splits, kinds = _per_root("--split", splits or [None], roots), _per_root("--kind", kinds or ["folder"], roots)
+    out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate"
+    task = _load(checkpoint, translator, protocol)
+    summary = {}
+    for name, root, split, kind in zip(_root_names(roots, splits), roots, splits, kinds):
+        summary[name] = _evaluate_one(task, checkpoint, translator, root, split, kind, out / name, batch_size,
+                                      num_workers, accelerator, verbose, num_examples if plots else 0, plots)
+        if verbose:
+            print()
+    write_json(out / "summary.json", summary)
+    if verbose:
+        print(f"== comparison ({task.eval_protocol['mode']} protocol; %)")
+        print(comparison_table({n: {"mIoU": m["miou"], "pixel acc.": m["pixel_accuracy"], "ECE": m["ece"]}
+                                for n, m in summary.items()}, first="root"))
+        print(f"summary: {out / 'summary.json'}")
+    return summary
+
+
+def _per_root(option: str, values: list, roots: list[str]) -> list:
+    if len(values) == 1:
+        return values * len(roots)
+    if len(values) != len(roots):
+        raise ConfigError(f"{option}: given {len(values)} times for {len(roots)} roots; give it once for all "
+                          "roots or once per --root, in the same order")
+    return list(values)
+
+
+def _root_names(roots: list[str], splits: list[str | None]) -> list[str]:
+    """Folder names for the roots' reports: the root's name, with the split and then a number if needed."""
+    names = [Path(r).resolve().name or "root" for r in roots]
+    names = [f"{n}-{s}" if s and names.count(n) > 1 else n for n, s in zip(names, splits)]
+    return [f"{n}-{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None) -> SegmentationTask:
     task = load_segmentation_task(checkpoint)
     if translator is not None:
         task.set_eval_translator(load_generator(translator, "target-to-source"))
+    task.set_eval_protocol(protocol or make_protocol("full"))
+    return task
+
+
+def _evaluate_one(task: SegmentationTask, checkpoint, translator, root, split, kind, out: Path, batch_size: int,
+                  num_workers: int, accelerator: str, verbose: bool, num_examples: int, plots: bool) -> dict:
     dataset = open_dataset(kind, str(root), split, labels=True)
     if list(dataset.classes.names) != task.class_names:
         raise DataError(f"{root}: classes {list(dataset.classes.names)} do not match the "
@@ -55,14 +118,22 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
+    task.num_examples = num_examples
     trainer.test(task, dataloaders=loader, verbose=False)
-    metrics = dict(task.test_results, num_images=len(dataset), protocol=PROTOCOL_FULL,
+    split = (split or "val") if kind == "cityscapes" else split
+    metrics = dict(task.test_results, num_images=len(dataset), protocol=dict(task.eval_protocol),
                    checkpoint=str(checkpoint), translator=None if translator is None else str(translator),
                    root=str(root), kind=kind, split=split)
-    out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
     write_json(out / "metrics.json", metrics)
+    title = f"{Path(root).name}{f' [{split}]' if split else ''}"
+    if plots:
+        from adapt.plots import write_plots
+
+        write_plots(out, metrics, task.class_names, dataset.classes.palette(), task.examples,
+                    f"{title}, {task.eval_protocol['mode']}")
+    task.examples = []
     if verbose:
-        title = f"{Path(root).name}{f' [{split}]' if split else ''}: {len(dataset)} images"
-        print(per_class_table(metrics, title))
-        print(f"metrics: {out / 'metrics.json'}")
+        print(per_class_table(metrics, f"{title}: {len(dataset)} images, {task.eval_protocol['mode']} protocol"))
+        print(worst_classes_line(metrics))
+        print(f"metrics: {out / 'metrics.json'}{' (and PNG reports)' if plots else ''}")
     return metrics

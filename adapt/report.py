@@ -18,6 +18,7 @@ def write_json(path: str | Path, data: Any) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is for everyone who can read the folder
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,15 +41,29 @@ def per_class_table(metrics: dict, title: str = "") -> str:
     lines.append("-" * (width + 8))
     lines.append(f"{'mIoU':<{width}}  {_fmt(metrics['miou'])}")
     lines.append(f"{'pixel accuracy':<{width}}  {_fmt(metrics['pixel_accuracy'])}")
+    if "ece" in metrics:
+        lines.append(f"{'ECE':<{width}}  {_fmt(metrics['ece'])}")
     return "\n".join(lines)
 
 
-def comparison_table(rows: dict[str, dict[str, float | None]]) -> str:
-    """rows: row name -> {column name -> value}; one line per row."""
+def worst_classes(metrics: dict, count: int = 3) -> list[tuple[str, float]]:
+    """The ``count`` classes of lowest IoU among those defined, lowest first: [(name, IoU %), ...]."""
+    defined = [(name, v) for name, v in metrics["per_class_iou"].items() if v is not None]
+    return sorted(defined, key=lambda item: item[1])[:count]
+
+
+def worst_classes_line(metrics: dict, count: int = 3) -> str:
+    """``worst classes: a 1.23, b 4.56, c 7.89`` (IoU %)."""
+    worst = worst_classes(metrics, count)
+    return "worst classes: " + (", ".join(f"{name} {value:.2f}" for name, value in worst) if worst else "none defined")
+
+
+def comparison_table(rows: dict[str, dict[str, float | None]], first: str = "run") -> str:
+    """rows: row name -> {column name -> value}; one line per row; ``first`` heads the row-name column."""
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-    width = max(len(r) for r in list(rows) + ["run"])
+    width = max(len(r) for r in list(rows) + [first])
     widths = [max(len(c), 6) for c in columns]
-    lines = ["  ".join([f"{'run':<{width}}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)])]
+    lines = ["  ".join([f"{first:<{width}}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)])]
     for name, row in rows.items():
         cells = [f"{_fmt(row.get(c)).strip():>{w}}" for c, w in zip(columns, widths)]
         lines.append("  ".join([f"{name:<{width}}"] + cells))

@@ -90,8 +90,18 @@ class ClassSet:
         return default_palette(self.num_classes)
 
 
+# matplotlib's tab20 colours: 20 well-separated hues for class maps and legends
+TAB20 = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+         (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+         (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+         (219, 219, 141), (158, 218, 229))
+
+
 def default_palette(num_classes: int) -> np.ndarray:
-    """uint8 [num_classes, 3]: the PASCAL VOC bit-interleaving palette (distinct, deterministic colours)."""
+    """uint8 [num_classes, 3]: tab20 for up to 20 classes, else the PASCAL VOC bit-interleaving palette
+    (distinct, deterministic colours)."""
+    if num_classes <= len(TAB20):
+        return np.array(TAB20[:num_classes], dtype=np.uint8).reshape(num_classes, 3)
     palette = np.zeros((num_classes, 3), dtype=np.uint8)
     for index in range(num_classes):
         c, value = index + 1, [0, 0, 0]

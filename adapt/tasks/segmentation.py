@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as nnf
 
 from adapt.data.labels import IGNORE_INDEX
-from adapt.metrics import ConfusionMatrix, predict_padded, summarize
+from adapt.metrics import Calibration, ConfusionMatrix, make_protocol, predict, summarize
 from adapt.nets.segmenter import ConfigError, build_segmenter
 from adapt.nets.translator import translate_padded
 
@@ -44,7 +44,12 @@ class SegmentationTask(pl.LightningModule):
         self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names))
         self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
+        self.val_calibration = Calibration(ignore_index=ignore_index)
+        self.test_calibration = Calibration(ignore_index=ignore_index)
         self.test_results: dict = {}
+        self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
+        self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.evaluate)
+        self.examples: list[dict] = []
         # frozen translators are plain attributes, not submodules: not trained, not saved in F's checkpoint
         self.__dict__["train_translator"] = None  # g_st applied to x_s in training_step
         self.__dict__["eval_translator"] = None  # g_ts applied to x_t before F in validation / test
@@ -59,16 +64,24 @@ class SegmentationTask(pl.LightningModule):
         """Evaluate F(T(x_t)): ``generator`` (g_ts, frozen) maps target images to source style before F."""
         self.__dict__["eval_translator"] = generator
 
+    def set_eval_protocol(self, protocol: dict | None) -> None:
+        """Evaluate under ``protocol`` (``adapt.metrics.make_protocol``: full, resize or slide; None = full)."""
+        self.eval_protocol = protocol or make_protocol("full")
+
     def on_fit_start(self) -> None:
         for translator in (self.train_translator, self.eval_translator):
             if translator is not None:
                 translator.to(self.device)
 
-    on_test_start = on_validation_start = on_fit_start
+    on_validation_start = on_fit_start
+
+    def on_test_start(self) -> None:
+        self.on_fit_start()
+        self.examples = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """float [B, 3, H, W] in [0, 1], any H, W -> logits float [B, C, H, W]."""
-        return predict_padded(self.segmenter, x, self.segmenter.output_stride)
+        """float [B, 3, H, W] in [0, 1], any H, W -> logits float [B, C, H, W] under ``eval_protocol``."""
+        return predict(self.segmenter, x, self.eval_protocol, self.segmenter.output_stride)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x_s, y_s = batch["source"]["image"], batch["source"]["mask"]
@@ -80,33 +93,41 @@ class SegmentationTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x_s.shape[0])
         return loss
 
-    def _evaluate_step(self, batch: dict, cm: ConfusionMatrix) -> None:
+    def _evaluate_step(self, batch: dict, cm: ConfusionMatrix, calibration: Calibration,
+                       keep: int = 0) -> None:
         x_t, y_t = batch["image"], batch["mask"]
-        if self.eval_translator is not None:
-            x_t = translate_padded(self.eval_translator, x_t)  # x_ts: target content, source style
-        pred_t = self(x_t).argmax(1)
+        x_ts = translate_padded(self.eval_translator, x_t) if self.eval_translator is not None else None
+        logits_t = self(x_t if x_ts is None else x_ts)  # x_ts: target content, source style
+        confidence_t, pred_t = logits_t.softmax(1).max(1)
         cm.update(pred_t, y_t)
+        calibration.update(confidence_t, pred_t, y_t)
+        for i in range(min(keep, x_t.shape[0])):
+            self.examples.append(_example(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_step(batch, self.val_cm)
+        self._evaluate_step(batch, self.val_cm, self.val_calibration)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_step(batch, self.test_cm)
+        self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
 
-    def _log_metrics(self, stage: str, cm: ConfusionMatrix) -> dict:
-        results = summarize(cm.compute(), self.class_names)
+    def _log_metrics(self, stage: str, cm: ConfusionMatrix, calibration: Calibration) -> dict:
+        matrix = cm.compute()
+        results = dict(summarize(matrix, self.class_names), **calibration.compute(),
+                       confusion_matrix=matrix.cpu().tolist())
         cm.reset()
-        values = {f"{stage}/miou": results["miou"], f"{stage}/pixel_accuracy": results["pixel_accuracy"]}
+        calibration.reset()
+        values = {f"{stage}/miou": results["miou"], f"{stage}/pixel_accuracy": results["pixel_accuracy"],
+                  f"{stage}/ece": results["ece"]}
         values.update({f"{stage}/iou/{name}": v for name, v in results["per_class_iou"].items()})
         # already reduced over all processes by the metric: log the same number on every rank, no second sync
         self.log_dict({k: math.nan if v is None else float(v) for k, v in values.items()}, sync_dist=False)
         return results
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_cm)
+        self._log_metrics("val", self.val_cm, self.val_calibration)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metrics("test", self.test_cm)
+        self.test_results = self._log_metrics("test", self.test_cm, self.test_calibration)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -120,3 +141,19 @@ class SegmentationTask(pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         poly = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": poly, "interval": "step"}}
+
+
+def _example(x_t: torch.Tensor, pred_t: torch.Tensor, y_t: torch.Tensor, x_ts: torch.Tensor | None,
+             max_side: int = 1024) -> dict:
+    """One sample for a report, on the CPU and subsampled to at most ``max_side`` pixels a side: ``x_t`` (and
+    ``x_ts``) uint8 [H, W, 3], ``pred_t`` and ``y_t`` uint8 [H, W] train indices (255 = ignore)."""
+    step = -(-max(x_t.shape[-2:]) // max_side)
+
+    def image(x: torch.Tensor):
+        return (x[:, ::step, ::step].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def label(y: torch.Tensor):
+        return y[::step, ::step].clamp(0, 255).byte().cpu().numpy()
+
+    return {"x_t": image(x_t), "pred_t": label(pred_t), "y_t": label(y_t),
+            "x_ts": None if x_ts is None else image(x_ts)}
