@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapt.data.datamodule import open_dataset
+from adapt.data.folder import ImageLabelDataset
 from adapt.data.labels import DataError
 from adapt.metrics import make_protocol
 from adapt.nets.segmenter import ConfigError
@@ -55,8 +56,9 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
     """
     task = _load(checkpoint, translator, protocol)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
-    return _evaluate_one(task, checkpoint, translator, root, split, kind, out, batch_size, num_workers, accelerator,
-                         verbose, num_examples if plots else 0, plots)
+    dataset = _open_checked(task, root, split, kind)
+    return _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out, batch_size, num_workers,
+                         accelerator, verbose, num_examples if plots else 0, plots)
 
 
 def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | None] | None = None,
@@ -70,10 +72,13 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
     splits, kinds = _per_root("--split", splits or [None], roots), _per_root("--kind", kinds or ["folder"], roots)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate"
     task = _load(checkpoint, translator, protocol)
+    # open (and so check) every set before scoring any: a bad last root fails at once, not after an hour
+    datasets = [_open_checked(task, root, split, kind) for root, split, kind in zip(roots, splits, kinds)]
     summary = {}
-    for name, root, split, kind in zip(_root_names(roots, splits), roots, splits, kinds):
-        summary[name] = _evaluate_one(task, checkpoint, translator, root, split, kind, out / name, batch_size,
-                                      num_workers, accelerator, verbose, num_examples if plots else 0, plots)
+    for name, dataset, root, split, kind in zip(_root_names(roots, splits), datasets, roots, splits, kinds):
+        summary[name] = _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out / name,
+                                      batch_size, num_workers, accelerator, verbose,
+                                      num_examples if plots else 0, plots)
         if verbose:
             print()
     write_json(out / "summary.json", summary)
@@ -109,12 +114,17 @@ def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict 
     return task
 
 
-def _evaluate_one(task: SegmentationTask, checkpoint, translator, root, split, kind, out: Path, batch_size: int,
-                  num_workers: int, accelerator: str, verbose: bool, num_examples: int, plots: bool) -> dict:
+def _open_checked(task: SegmentationTask, root, split, kind) -> ImageLabelDataset:
     dataset = open_dataset(kind, str(root), split, labels=True)
     if list(dataset.classes.names) != task.class_names:
         raise DataError(f"{root}: classes {list(dataset.classes.names)} do not match the "
                         f"checkpoint's {task.class_names}; evaluate on a dataset with the model's class list")
+    return dataset
+
+
+def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: ImageLabelDataset, root, split, kind,
+                  out: Path, batch_size: int, num_workers: int, accelerator: str, verbose: bool, num_examples: int,
+                  plots: bool) -> dict:
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
