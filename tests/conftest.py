@@ -27,3 +27,41 @@ def run_adapt(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "adapt.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def adapt_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's own `main` in this process (one Lightning import for all calls): exit code, stdout, stderr."""
+    from adapt.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def tiny_datamodule(pair: Path, batch_size: int = 2):
+    """A DomainDataModule on the tiny pair: source/train, unlabelled target/train, target/val."""
+    from adapt.data import DomainDataModule
+
+    return DomainDataModule(str(pair / "source"), str(pair / "target"), source_split="train", target_split="train",
+                            val_split="val", batch_size=batch_size, val_batch_size=2)
+
+
+@pytest.fixture(scope="session")
+def segmenter_ckpt(tiny_pair, tmp_path_factory) -> Path:
+    """A (barely trained) F checkpoint on the tiny pair."""
+    import pytorch_lightning as pl
+
+    from adapt.tasks import SegmentationTask
+
+    dm = tiny_datamodule(tiny_pair)
+    task = SegmentationTask(arch="fpn", class_names=dm.class_names)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, dm)
+    path = tmp_path_factory.mktemp("f") / "f.ckpt"
+    trainer.save_checkpoint(path)
+    return path

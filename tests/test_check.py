@@ -9,23 +9,10 @@ from adapt.check import check_dataset, format_report
 from adapt.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, write_tiny_cityscapes
 from adapt.data.gta5 import write_tiny_gta5
 from adapt.data.labels import DataError
-from conftest import run_adapt
+from conftest import adapt_main, run_adapt
 
 FOLDER_CLASSES = {"ignore_index": 0, "classes": [{"id": 1, "name": "sky"}, {"id": 2, "name": "road"},
                                                  {"id": 3, "name": "car"}]}
-
-
-def adapt_main(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI's own `main` in this process (Lightning is imported once, not once per call)."""
-    from adapt.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_folder(root, num=6, size=(20, 30), seed=0):

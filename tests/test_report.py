@@ -4,32 +4,15 @@ import json
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 from PIL import Image
 
-from adapt.data import DomainDataModule
 from adapt.data.labels import default_palette
 from adapt.plots import plot_examples
 from adapt.report import worst_classes, worst_classes_line
-from adapt.tasks import SegmentationTask
 from conftest import run_adapt
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORTS = ("per_class_iou.png", "confusion_matrix.png", "reliability.png", "examples.png")
-
-
-@pytest.fixture(scope="module")
-def segmenter_ckpt(tiny_pair, tmp_path_factory):
-    """A (barely trained) F checkpoint on the tiny pair."""
-    dm = DomainDataModule(str(tiny_pair / "source"), str(tiny_pair / "target"), source_split="train",
-                          target_split="train", val_split="val", batch_size=2, val_batch_size=2)
-    task = SegmentationTask(arch="fpn", class_names=dm.class_names)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(task, dm)
-    path = tmp_path_factory.mktemp("f") / "f.ckpt"
-    trainer.save_checkpoint(path)
-    return path
 
 
 def check_png(path, min_side=200, max_side=6000):

@@ -12,23 +12,10 @@ from PIL import Image
 
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX, label_id_to_train_index, write_tiny_cityscapes
 from adapt.score import score_predictions
-from conftest import run_adapt
+from conftest import adapt_main, run_adapt
 
 SIZE = (64, 128)
 NO_TRAIN = 31  # label id of class "train": left out of labels and predictions, so its IoU is undefined (NaN)
-
-
-def adapt_main(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI's own `main` in this process (one Lightning import for all calls): exit code, stdout, stderr."""
-    from adapt.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,9 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from adapt.data import DomainDataModule
-from adapt.tasks import SegmentationTask, TranslationTask
+from adapt.tasks import TranslationTask
 from adapt.tasks.translation import load_generator
-from conftest import REPO, run_adapt
-
-
-def datamodule(pair, batch_size=2):
-    return DomainDataModule(str(pair / "source"), str(pair / "target"), source_split="train", target_split="train",
-                            val_split="val", batch_size=batch_size, val_batch_size=2)
-
-
-@pytest.fixture(scope="module")
-def segmenter_ckpt(tiny_pair, tmp_path_factory):
-    """A (barely trained) F checkpoint on the tiny pair."""
-    dm = datamodule(tiny_pair)
-    task = SegmentationTask(arch="fpn", class_names=dm.class_names)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(task, dm)
-    path = tmp_path_factory.mktemp("f") / "f.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+from conftest import REPO, run_adapt, tiny_datamodule
 
 
 def params(module):
@@ -64,7 +45,7 @@ def tiny_translation(**kwargs):
 
 
 def test_g_step_moves_only_g_and_d_step_only_d_and_f_stays_frozen(tiny_pair, segmenter_ckpt, tmp_path):
-    dm = datamodule(tiny_pair)
+    dm = tiny_datamodule(tiny_pair)
     task = tiny_translation(lambda_semantic=1.0, segmenter_checkpoint=str(segmenter_ckpt),
                             class_names=dm.class_names)
     spy = StepSpy()
@@ -91,7 +72,7 @@ def test_semantic_loss_needs_a_segmenter():
 
 
 def test_lr_schedule_constant_then_linear(tiny_pair, tmp_path):
-    dm = datamodule(tiny_pair)
+    dm = tiny_datamodule(tiny_pair)
     task = tiny_translation(decay_start=0.5, class_names=dm.class_names)
     lrs = []
 
@@ -171,7 +152,7 @@ def test_logged_losses_equal_a_hand_computation(tiny_pair, tmp_path):
     """One iteration with pool_size 0: recompute L_G and L_D from the batch and the weights it started with."""
     import copy
 
-    dm = datamodule(tiny_pair)
+    dm = tiny_datamodule(tiny_pair)
     task = TranslationTask(ngf=8, n_blocks=1, ndf=8, pool_size=0, class_names=dm.class_names)
     seen = {}
 
