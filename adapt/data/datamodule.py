@@ -1,7 +1,9 @@
 """DomainDataModule: labelled source + unlabelled target for training, a labelled target split for evaluation.
 
 ``train_dataloader()`` returns ``{"source": loader, "target": loader}``; Lightning combines them (CombinedLoader,
-``max_size_cycle``: an epoch is the longer of the two, the shorter one cycles) and shards each under DDP.
+``max_size_cycle``: an epoch is the longer of the two, the shorter one cycles). Samplers come from
+``adapt.data.sampling``: W processes with batch b read the same global batches as one process with batch W b, and
+every image is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Callable, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from adapt.data import synthetic
 from adapt.data.augment import build_augment, seed_augment
@@ -21,6 +23,7 @@ from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
 from adapt.data.folder import FolderDataset, ImageLabelDataset
 from adapt.data.gta5 import GTA5Dataset
 from adapt.data.labels import ClassSet, DataError
+from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
 
 
 DatasetKind = Literal["folder", "gta5", "cityscapes"]
@@ -50,8 +53,8 @@ def dataset_classes(kind: str, root: str) -> ClassSet:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed the dataset's albumentations pipeline from the worker's torch seed
-    (torch derives it from the main process RNG, which ``seed_everything`` seeds; distinct per worker and rank)."""
+    """DataLoader ``worker_init_fn``: seed the dataset's albumentations pipeline from the worker's torch seed, for
+    loaders whose sampler gives plain indices (``ShardedSampler`` gives each sample its own seed)."""
     info = torch.utils.data.get_worker_info()
     seed_augment(getattr(info.dataset, "transform", None), info.seed)
 
@@ -74,7 +77,7 @@ class DomainDataModule(pl.LightningDataModule):
             domain must have one size).
         resize: ``(height, width)`` training images of both domains are resized to before augmentation and
             cropping (validation images keep their size: the evaluation protocol decides); None keeps sizes.
-        batch_size: images per domain per training step (per process under DDP).
+        batch_size: images per domain per training step and process (global batch: batch_size x processes).
         val_batch_size: images per validation / test step.
         num_workers: DataLoader worker processes per loader.
         pin_memory: page-locked host memory for faster copies to a GPU.
@@ -122,22 +125,35 @@ class DomainDataModule(pl.LightningDataModule):
                                        transform=build_augment("none", self.crop_size, self.resize))
         self.val = open_dataset(self.target_kind, self.val_root, self.val_split, labels=True)
 
-    def _loader(self, dataset: ImageLabelDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        if self.loader_kwargs["num_workers"] == 0:  # no workers to seed: seed from the (seeded) main RNG
-            seed_augment(dataset.transform, int(torch.randint(2**31, ()).item()))
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          worker_init_fn=seed_worker, **self.loader_kwargs)
+    def _processes(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: ImageLabelDataset, batch_size: int, sampler: DistributedSampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, worker_init_fn=seed_worker,
+                          drop_last=isinstance(sampler, ShardedSampler), **self.loader_kwargs)
 
     def train_dataloader(self) -> dict[str, DataLoader]:
-        for name, dataset in (("source", self.source), ("target", self.target)):
-            if len(dataset) < self.batch_size:
+        """Per process: ``batch_size`` images per domain per step, from a shuffled shard (``ShardedSampler``); only
+        the domains in the task's ``train_domains`` (both when it has none)."""
+        world_size, rank = self._processes()
+        trainer = getattr(self, "trainer", None)
+        domains = getattr(trainer.lightning_module if trainer else None, "train_domains", ("source", "target"))
+        loaders = {}
+        for stream, (name, dataset) in enumerate((("source", self.source), ("target", self.target))):
+            if name not in domains:  # the task never reads them: no decoding for nothing
+                continue
+            if len(dataset) < self.batch_size * world_size:
                 raise DataError(f"{dataset.root}: {len(dataset)} {name} images, fewer than batch_size "
-                                f"{self.batch_size}; lower data.batch_size")
-        return {"source": self._loader(self.source, self.batch_size, shuffle=True),
-                "target": self._loader(self.target, self.batch_size, shuffle=True)}
+                                f"{self.batch_size} x {world_size} processes; lower data.batch_size")
+            sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)
+            loaders[name] = self._loader(dataset, self.batch_size, sampler)
+        return loaders
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, self.val_batch_size, shuffle=False)
+        """Per process: its share of the validation set, every image once over all processes (``EvenSampler``)."""
+        return self._loader(self.val, self.val_batch_size, EvenSampler(self.val, *self._processes()))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

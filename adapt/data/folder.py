@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from adapt.data.augment import seed_augment
 from adapt.data.labels import ClassSet, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -88,8 +89,13 @@ class ImageLabelDataset(Dataset):
                             f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}; {self.size_hint}")
         return image, mask
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or ``(index, seed)`` (``adapt.data.sampling.ShardedSampler``): the transform's RNG is
+        then seeded with ``seed`` first, so the sample's augmentation depends on the key alone."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
+        if seed is not None:
+            seed_augment(self.transform, seed)
         if self.transform is not None:
             out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
             image, mask = out["image"], out.get("mask")
