@@ -52,6 +52,16 @@ class AdaptCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer; with ``trainer.sync_batchnorm`` its BatchNorm layers sync on CPUs too (SyncBatchNormPlugin)."""
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        if config.get("sync_batchnorm"):
+            from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
+
+            plugins = config.get("plugins") or []
+            kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), SyncBatchNormPlugin()]
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
         if self.trainer.is_global_zero and last:

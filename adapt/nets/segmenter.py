@@ -6,6 +6,7 @@ of ``output_stride`` (32); ``adapt.metrics.predict_padded`` pads arbitrary sizes
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from pathlib import Path
@@ -29,13 +30,14 @@ class FCN(nn.Module):
     smp has no FCN; this is the torchvision ``FCNHead`` design on any smp encoder.
     """
 
-    def __init__(self, encoder_name: str, encoder_weights: str | None, classes: int) -> None:
+    def __init__(self, encoder_name: str, encoder_weights: str | None, classes: int,
+                 decoder_dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = smp.encoders.get_encoder(encoder_name, in_channels=3, depth=5, weights=encoder_weights)
         channels = self.encoder.out_channels[-1]
         hidden = max(channels // 4, 32)
         self.head = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Conv2d(hidden, classes, 1))
+                                  nn.ReLU(inplace=True), nn.Dropout(decoder_dropout), nn.Conv2d(hidden, classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.encoder(x)[-1])
@@ -55,11 +57,17 @@ class Segmenter(nn.Module):
     def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.net, self.num_classes = net, num_classes
+        self.memory_format = torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def to_channels_last(self) -> "Segmenter":
+        """Keep weights and (from now on) inputs in NHWC order, which tensor-core convolutions prefer."""
+        self.memory_format = torch.channels_last
+        return self.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(((x - self.mean) / self.std).contiguous(memory_format=self.memory_format))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -83,7 +91,7 @@ def _weights_cached(encoder_name: str, encoder_weights: str) -> bool:
 
 
 def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
-                    num_classes: int = 19) -> Segmenter:
+                    num_classes: int = 19, **kwargs) -> Segmenter:
     """Build F.
 
     Args:
@@ -92,6 +100,8 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
         encoder_weights: smp's weight name (``imagenet``), a local state-dict file for the encoder, or None
             (random initialization).
         num_classes: number of output channels (smp calls it ``classes``).
+        kwargs: further arguments of the smp model, by smp's names (``decoder_dropout``, ``decoder_channels``...);
+            ``fcn`` takes ``decoder_dropout``.
     """
     key = arch.lower().replace("_", "").replace("-", "")
     if key not in ARCHS:
@@ -106,11 +116,17 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
                 f"encoder_weights: {hub_weights!r} weights for {encoder_name} are not in the Hugging Face cache and "
                 "the hub cannot be reached; set encoder_weights: null (random init), give a local encoder "
                 "state-dict file, or download them once where the hub is reachable")
+    builder = FCN if key == "fcn" else ARCHS[key]
+    known = {name for name, p in inspect.signature(builder).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    unknown = sorted(set(kwargs) - (known - {"encoder_name", "encoder_weights", "classes"}))
+    if unknown and not encoder_name.startswith("tu-"):  # smp passes unknown keys on to timm encoders only
+        raise ConfigError(f"segmenter_kwargs: {arch} takes no {', '.join(unknown)}; its arguments: "
+                          f"{', '.join(sorted(known - {'encoder_name', 'encoder_weights', 'classes'}))}")
     try:
         if key == "fcn":
-            net: nn.Module = FCN(encoder_name, hub_weights, num_classes)
+            net: nn.Module = FCN(encoder_name, hub_weights, num_classes, **kwargs)
         else:
-            net = ARCHS[key](encoder_name=encoder_name, encoder_weights=hub_weights, classes=num_classes)
+            net = ARCHS[key](encoder_name=encoder_name, encoder_weights=hub_weights, classes=num_classes, **kwargs)
     except KeyError as err:
         raise ConfigError(f"encoder_name: unknown {encoder_name!r} ({err}); see smp's list of encoders") from None
     except (OSError, ConnectionError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError

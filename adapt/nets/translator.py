@@ -186,11 +186,15 @@ class ImagePool:
         return torch.stack(returned)
 
     def state_dict(self) -> dict:
-        """``{"size": int, "images": list of float [C, H, W]}`` (the RNG state is not included)."""
-        return {"size": self.size, "images": list(self.images)}
+        """``{"size": int, "images": list of float [C, H, W], "rng": uint8 tensor or None}`` (``rng``: the state
+        of ``generator``, when there is one)."""
+        return {"size": self.size, "images": list(self.images),
+                "rng": None if self.generator is None else self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         images = list(state["images"])
         if len(images) > self.size:
             raise ValueError(f"ImagePool: state holds {len(images)} images, more than size={self.size}")
         self.images = [image.detach().clone() for image in images]
+        if self.generator is not None and state.get("rng") is not None:
+            self.generator.set_state(state["rng"])
