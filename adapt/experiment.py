@@ -14,7 +14,8 @@ An experiment file::
         evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${out}/data/target",
                    split: val}
 
-Each stage writes ``OUT/NAME/`` and, once finished, ``OUT/NAME/stage.json``; a re-run skips stages that have
+Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a process of its own, so ``--trainer.devices=N``
+works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished, ``OUT/NAME/stage.json``; a re-run skips stages that have
 it. The run ends with ``OUT/summary.json`` (evaluate stage name -> its metrics.json content) and a table.
 Extra ``--key=value`` arguments after the file are passed to every fit stage (e.g. ``--trainer.max_epochs=1``).
 """
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from adapt.evaluate import evaluate
@@ -74,8 +77,6 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
 
 def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
     """Run (or finish) an experiment; returns the summary (evaluate stage name -> metrics)."""
-    from adapt.cli import run_lightning
-
     path = Path(path)
     doc = load_yaml(path)
     stages = check_experiment(doc, path)
@@ -92,11 +93,17 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
         elif "fit" in stage:
             print(f"== {name}: fit {stage['fit']}", flush=True)
             args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
-            cli = run_lightning(["fit", "--config", stage["fit"], f"--trainer.default_root_dir={stage_dir}",
-                                 *args, *(extra or [])])
-            checkpoint = cli.trainer.checkpoint_callback.last_model_path
-            if not checkpoint or not Path(checkpoint).is_file():
-                raise ConfigError(f"{where}: the fit wrote no checkpoint; keep checkpoint.save_last: true")
+            # its own process: under DDP Lightning re-launches that command (not `adapt run`) for every rank
+            command = [sys.executable, "-m", "adapt.cli", "fit", "--config", stage["fit"],
+                       f"--trainer.default_root_dir={stage_dir}", f"--checkpoint.dirpath={stage_dir / 'checkpoints'}",
+                       *args, *(extra or [])]
+            code = subprocess.run(command).returncode
+            if code != 0:
+                raise ConfigError(f"{where}: the fit failed (exit code {code}, its message is above); finished "
+                                  "stages are kept: fix the cause and run the same command again")
+            checkpoint = str(stage_dir / "checkpoints" / "last.ckpt")
+            if not Path(checkpoint).is_file():
+                raise ConfigError(f"{where}: the fit wrote no {checkpoint}; keep checkpoint.save_last: true")
             record = {"checkpoint": checkpoint}
             write_json(marker, record)
         else:

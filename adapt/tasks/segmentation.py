@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as nnf
 
 from adapt.data.labels import IGNORE_INDEX
+from adapt.data.sampling import decorrelate_processes
 from adapt.metrics import Calibration, ConfusionMatrix, make_protocol, predict, summarize
 from adapt.nets.segmenter import ConfigError, build_segmenter
 from adapt.nets.translator import translate_padded
@@ -30,18 +31,29 @@ class SegmentationTask(pl.LightningModule):
         ignore_index: label value that no loss or metric sees.
         translator_checkpoint: a TranslationTask checkpoint; F then trains on ``g_st(x_s)`` (source images
             rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
+        segmenter_kwargs: further smp model arguments, by smp's names (``decoder_dropout: 0.0`` for FPN, say).
+        channels_last: keep F's weights and inputs in NHWC memory order (faster convolutions on tensor-core GPUs).
+        compile: compile F with ``torch.compile`` (first steps slower; needs a C++ compiler on CPUs).
     """
+
+    train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
 
     def __init__(self, arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
                  class_names: list[str] | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
-                 ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None) -> None:
+                 ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
+                 segmenter_kwargs: dict | None = None, channels_last: bool = False, compile: bool = False) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
         self.save_hyperparameters()
         self.class_names = list(class_names)
-        self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names))
+        self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names),
+                                         **(segmenter_kwargs or {}))
+        if channels_last:
+            self.segmenter.to_channels_last()
+        if compile:
+            self.segmenter.compile()
         self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.val_calibration = Calibration(ignore_index=ignore_index)
@@ -69,14 +81,16 @@ class SegmentationTask(pl.LightningModule):
         self.eval_protocol = protocol or make_protocol("full")
 
     def on_fit_start(self) -> None:
+        decorrelate_processes(self.trainer.global_rank)
+        self.on_validation_start()
+
+    def on_validation_start(self) -> None:
         for translator in (self.train_translator, self.eval_translator):
             if translator is not None:
-                translator.to(self.device)
-
-    on_validation_start = on_fit_start
+                translator.to(self.device, self.dtype)  # frozen nets follow the precision (64-true)
 
     def on_test_start(self) -> None:
-        self.on_fit_start()
+        self.on_validation_start()
         self.examples = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,9 +103,25 @@ class SegmentationTask(pl.LightningModule):
             with torch.no_grad():
                 x_s = translate_padded(self.train_translator, x_s)  # x_st: source content, target style
         logits_s = self.segmenter(x_s)
-        loss = nnf.cross_entropy(logits_s, y_s, ignore_index=self.hparams.ignore_index)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x_s.shape[0])
+        loss_sum = nnf.cross_entropy(logits_s.float(), y_s, ignore_index=self.hparams.ignore_index, reduction="sum")
+        loss, loss_global = self.global_batch_mean(loss_sum, (y_s != self.hparams.ignore_index).sum())
+        self.log("train/loss", loss_global, prog_bar=True, batch_size=x_s.shape[0])
         return loss
+
+    def global_batch_mean(self, total: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean over the labelled pixels of the global batch (all processes), as (loss to backpropagate, value).
+
+        ``total``: this process's summed loss (float scalar with grad); ``count``: its labelled pixels (int scalar).
+        DDP averages gradients over the W processes, so the loss to backpropagate is ``W * total / N`` with ``N``
+        the global pixel count: its averaged gradient is that of one process holding the whole batch, even when
+        processes hold different numbers of labelled pixels. The value (detached) is ``sum(total) / N``.
+        """
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        sums = torch.stack([total.detach(), count.to(total.dtype)])
+        if world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        n = sums[1].clamp(min=1)
+        return total * world_size / n, sums[0] / n
 
     def _evaluate_step(self, batch: dict, cm: ConfusionMatrix, calibration: Calibration,
                        keep: int = 0) -> None:

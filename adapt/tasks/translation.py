@@ -14,8 +14,10 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DDPStrategy
 
 from adapt.data.labels import IGNORE_INDEX
+from adapt.data.sampling import POOL, decorrelate_processes, derive_seed, global_seed
 from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
 from adapt.nets.segmenter import ConfigError
 from adapt.nets.translator import ImagePool, PatchDiscriminator, ResnetGenerator, translate_padded
@@ -42,12 +44,20 @@ class TranslationTask(pl.LightningModule):
         picture_every_n_steps: write a ``x_s | g_st(x_s) | x_t | g_ts(x_t)`` PNG this often (global steps) and at
             the end; 0 = only at the end.
         class_names: the data's class names (the CLI links them); checked against the segmenter checkpoint.
+        channels_last: keep the networks' weights and inputs in NHWC memory order (tensor-core GPUs).
+        compile: compile the four networks with ``torch.compile``.
+
+    Under DDP the image pools hold the fakes of all processes and draw the same coin flips everywhere (see
+    ``query_pool``), so they are identical on every process and a checkpoint resumes on any device count.
     """
+
+    train_domains = ("source", "target")
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, ndf: int = 64, lambda_cycle: float = 10.0,
                  lambda_identity: float = 0.5, lambda_semantic: float = 0.0, segmenter_checkpoint: str | None = None,
                  lr: float = 2e-4, beta1: float = 0.5, pool_size: int = 50, decay_start: float = 0.5,
-                 picture_every_n_steps: int = 0, class_names: list[str] | None = None) -> None:
+                 picture_every_n_steps: int = 0, class_names: list[str] | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
         super().__init__()
         if lambda_semantic > 0 and not segmenter_checkpoint:
             raise ConfigError("model.init_args.lambda_semantic > 0 needs model.init_args.segmenter_checkpoint")
@@ -55,7 +65,14 @@ class TranslationTask(pl.LightningModule):
         self.automatic_optimization = False
         self.g_st, self.g_ts = ResnetGenerator(ngf, n_blocks), ResnetGenerator(ngf, n_blocks)
         self.d_s, self.d_t = PatchDiscriminator(ndf), PatchDiscriminator(ndf)
-        self.pool_s, self.pool_t = ImagePool(pool_size), ImagePool(pool_size)
+        # pools draw from their own seeded RNGs, the same on every process (see query_pool)
+        rngs = [torch.Generator().manual_seed(derive_seed(POOL, global_seed(), i)) for i in range(2)]
+        self.pool_s, self.pool_t = ImagePool(pool_size, rngs[0]), ImagePool(pool_size, rngs[1])
+        for net in (self.g_st, self.g_ts, self.d_s, self.d_t):
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+            if compile:
+                net.compile()
         self.segmenter = None  # frozen F, loaded in setup(); kept out of this task's checkpoint
         self._picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -72,12 +89,19 @@ class TranslationTask(pl.LightningModule):
             self.__dict__["segmenter"] = segmenter  # not a submodule: not trained, not saved with T
 
     def on_fit_start(self) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            raise ConfigError("trainer.strategy: the translator updates generators and discriminators in separate "
+                              "backward passes; use strategy: ddp_find_unused_parameters_true")
+        decorrelate_processes(self.trainer.global_rank)
         if self.segmenter is not None:
-            self.segmenter.to(self.device)
+            self.segmenter.to(self.device, self.dtype)  # frozen F follows the precision (64-true)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         x_s, y_s, x_t = batch["source"]["image"], batch["source"]["mask"], batch["target"]["image"]
         hp = self.hparams
+        if hp.channels_last:
+            x_s, x_t = (x.contiguous(memory_format=torch.channels_last) for x in (x_s, x_t))
         opt_g, opt_d = self.optimizers()
 
         # generators: fool both discriminators, close both cycles, keep images already in the output domain
@@ -89,14 +113,14 @@ class TranslationTask(pl.LightningModule):
         if hp.lambda_identity > 0:
             loss_identity = identity_loss(self.g_st(x_t), x_t) + identity_loss(self.g_ts(x_s), x_s)
             loss_g = loss_g + hp.lambda_cycle * hp.lambda_identity * loss_identity
-            self.log("train/loss_identity", loss_identity)
+            self.log("train/loss_identity", loss_identity, sync_dist=True)
         if hp.lambda_semantic > 0:
             with torch.no_grad():
                 pseudo_t = self.segmenter(x_t).argmax(1)
             loss_semantic = (semantic_consistency_loss(self.segmenter(x_st), y_s, IGNORE_INDEX)
                              + semantic_consistency_loss(self.segmenter(x_ts), pseudo_t, IGNORE_INDEX))
             loss_g = loss_g + hp.lambda_semantic * loss_semantic
-            self.log("train/loss_semantic", loss_semantic)
+            self.log("train/loss_semantic", loss_semantic, sync_dist=True)
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
@@ -104,7 +128,7 @@ class TranslationTask(pl.LightningModule):
 
         # discriminators: real images of their domain against pooled, detached fakes
         self.toggle_optimizer(opt_d)
-        fake_t, fake_s = self.pool_t.query(x_st.detach()), self.pool_s.query(x_ts.detach())
+        fake_t, fake_s = self.query_pool(self.pool_t, x_st.detach()), self.query_pool(self.pool_s, x_ts.detach())
         loss_d = (discriminator_loss(self.d_t(x_t), self.d_t(fake_t))
                   + discriminator_loss(self.d_s(x_s), self.d_s(fake_s)))
         opt_d.zero_grad()
@@ -115,12 +139,27 @@ class TranslationTask(pl.LightningModule):
         for scheduler in self.lr_schedulers():
             scheduler.step()
         self.log_dict({"train/loss_g": loss_g, "train/loss_gan": loss_gan, "train/loss_cycle": loss_cycle,
-                       "train/loss_d": loss_d}, prog_bar=True, batch_size=x_s.shape[0])
+                       "train/loss_d": loss_d}, prog_bar=True, batch_size=x_s.shape[0],
+                      sync_dist=True)  # the global batch's losses (means of equal-sized shares), not rank 0's
         if self._picture_batch is None:
             self._picture_batch = (x_s[:4].detach(), x_t[:4].detach())
         every = hp.picture_every_n_steps
         if every and self.global_step % every < 2:  # global_step grows by 2 per batch
             self.write_picture(f"step_{self.global_step:07d}.png")
+
+    def query_pool(self, pool: ImagePool, fakes: torch.Tensor) -> torch.Tensor:
+        """``pool.query`` over the global batch: float [B, 3, H, W] -> float [B, 3, H, W], detached.
+
+        Every process gathers all processes' fakes in the order one process holding the global batch would see
+        them (``ShardedSampler`` gives process r the global positions r, r + W, ...), queries its pool with them
+        (same images, same coin flips, so the pools stay identical) and keeps its own positions of the answer.
+        """
+        world_size = self.trainer.world_size
+        if world_size == 1:
+            return pool.query(fakes)
+        gathered = self.all_gather(fakes)  # [W, B, 3, H, W]
+        answer = pool.query(gathered.transpose(0, 1).reshape(-1, *fakes.shape[1:]))  # global order
+        return answer.view(fakes.shape[0], world_size, *fakes.shape[1:])[:, self.trainer.global_rank]
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -144,6 +183,7 @@ class TranslationTask(pl.LightningModule):
     @torch.no_grad()
     def write_picture(self, name: str) -> Path | None:
         """PNG grid, one row per image: ``x_s | g_st(x_s) | x_t | g_ts(x_t)`` into ``LOG_DIR/pictures/``."""
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "pictures"  # a collective: all ranks
         if self._picture_batch is None or not self.trainer.is_global_zero:
             return None
         x_s, x_t = self._picture_batch
@@ -153,7 +193,6 @@ class TranslationTask(pl.LightningModule):
         self.train(training)
         grid = torch.cat(list(rows), dim=1)  # [3, rows * H, 4 * W]
         image = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "pictures"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}"
         cv2.imwrite(str(tmp.with_suffix(".tmp.png")), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

@@ -1,0 +1,147 @@
+"""DDP on the CPU: 2 processes give the answer of 1 process with the same global batch and seed.
+
+Lightning's DDP re-launches its command for rank 1, so each multi-process run is the real `adapt fit` in a
+subprocess. The runs use ``precision: 64-true``: in float32 the two runs differ by rounding (a gradient summed in one
+kernel vs two halves summed over processes), and Adam's first steps turn the sign of near-zero gradients into
++-lr, so float32 runs drift apart by ~1e-3 without any logic error; in float64 a wrong shard, normalization,
+BatchNorm or metric reduction still shows at full size, rounding no longer does. Dropout is off: each process draws
+its own masks (see ``decorrelate_processes``), which cannot equal one process's masks for the whole batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_adapt
+
+FP64 = ["--trainer.precision=64-true", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+TWO = ["--trainer.devices=2", "--trainer.num_nodes=1"]
+
+
+def _fit(root: Path, *args: str) -> Path:
+    """`adapt fit` into ``root``; its last.ckpt."""
+    result = run_adapt("fit", *args, f"--trainer.default_root_dir={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(root.rglob("last.ckpt"))
+
+
+def _logged(checkpoint: Path, key: str) -> list[float]:
+    rows = csv.DictReader(open(checkpoint.parents[1] / "metrics.csv"))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def _max_weight_difference(a: Path, b: Path) -> float:
+    sa, sb = (torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in (a, b))
+    assert sa.keys() == sb.keys()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa if sa[k].is_floating_point())
+
+
+def test_segmentation_two_processes_equal_one(tmp_path):
+    """The demo's randomized recipe (strong DR, FPN with BatchNorm): 2 processes x batch 4 with sync_batchnorm vs
+    1 process x batch 8 with a DataLoader worker; 25 validation images (13 + 12: uneven shards)."""
+    common = ["--config", "recipes/demo/randomized.yaml", f"--data.init_args.root={tmp_path}/data",
+              "--data.init_args.num_images=100", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1",
+              '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
+    one = _fit(tmp_path / "one", *common, "--data.init_args.batch_size=8", "--data.init_args.num_workers=1")
+    two = _fit(tmp_path / "two", *common, *TWO, "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true",
+               "--data.init_args.batch_size=4")
+    miou_one, miou_two = _logged(one, "val/miou"), _logged(two, "val/miou")
+    assert len(miou_one) == len(miou_two) == 2
+    assert np.allclose(miou_one, miou_two, rtol=0, atol=1e-4), (miou_one, miou_two)
+    assert _logged(one, "val/ece") == pytest.approx(_logged(two, "val/ece"), abs=1e-6)
+    assert _max_weight_difference(one, two) < 1e-6
+    for path in (one, two):  # 2 epochs of floor(75 / 8) = 9 global batches
+        assert torch.load(path, map_location="cpu", weights_only=True)["global_step"] == 18
+
+
+def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segmenter_ckpt):
+    """One epoch of CyCADA (frozen F on every process, image pools gathered across processes) under DDP equals the
+    single-process run; its checkpoint loads, and resumes in one process (a different device count)."""
+    common = ["--config", "recipes/demo/translator.yaml", f"--data.init_args.root={tmp_path}/data",
+              "--data.init_args.num_images=24", "--trainer.max_epochs=1", "--trainer.max_steps=-1",
+              "--trainer.log_every_n_steps=1", "--model.init_args.pool_size=3",
+              f"--model.init_args.segmenter_checkpoint={segmenter_ckpt}", *FP64]
+    two = _fit(tmp_path / "two", *common, *TWO, "--trainer.strategy=ddp_find_unused_parameters_true",
+               "--data.init_args.batch_size=2")
+    one = _fit(tmp_path / "one", *common, "--data.init_args.batch_size=4")
+    for key in ("train/loss_g", "train/loss_d", "train/loss_semantic"):
+        values = _logged(two, key)
+        assert values and all(math.isfinite(v) for v in values), key
+        assert values == pytest.approx(_logged(one, key), rel=1e-9), key
+    assert _max_weight_difference(one, two) < 1e-6
+    state = torch.load(two, map_location="cpu", weights_only=True)
+    pools = torch.load(one, map_location="cpu", weights_only=True)["image_pools"]
+    for side in ("s", "t"):
+        assert len(state["image_pools"][side]["images"]) == 3
+        for a, b in zip(state["image_pools"][side]["images"], pools[side]["images"]):
+            assert torch.allclose(a, b, atol=1e-9)
+    assert [p.name for p in (two.parents[1] / "pictures").iterdir()] == ["final.png"]  # rank 0 alone writes it
+
+    from adapt.tasks.translation import load_generator
+
+    generator = load_generator(two, "target-to-source")
+    assert generator(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    resumed = _fit(tmp_path / "resumed", *[a for a in common if not a.startswith("--trainer.max_epochs")],
+                   "--trainer.max_epochs=2", "--data.init_args.batch_size=4", f"--ckpt_path={two}")
+    assert torch.load(resumed, map_location="cpu", weights_only=True)["global_step"] == 2 * state["global_step"]
+
+
+def test_translation_refuses_plain_ddp(tmp_path):
+    result = run_adapt("fit", "--config", "recipes/demo/translator.yaml", f"--data.init_args.root={tmp_path}/data",
+                       "--data.init_args.num_images=24", "--trainer.max_steps=2", *TWO, "--trainer.strategy=ddp",
+                       "--data.init_args.batch_size=2", f"--trainer.default_root_dir={tmp_path}/run",
+                       "--model.init_args.lambda_semantic=0", *FP64)
+    assert result.returncode == 2
+    assert "adapt: error: trainer.strategy:" in result.stderr and "ddp_find_unused_parameters_true" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _sync_bn_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from adapt.nets.sync_batchnorm import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    net = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), cpu=True)
+    assert isinstance(net[1], CPUSyncBatchNorm)
+    x = (torch.randn(6, 3, 9, 7, generator=torch.Generator().manual_seed(1)) * 3 + 2)[rank::world_size]
+    x.requires_grad_(True)
+    y = net(x)
+    (y.pow(3).sum() / 6).backward()  # a loss summed over the global batch
+    torch.save({"y": y.detach(), "x_grad": x.grad, "w_grad": net[0].weight.grad, "bn_grad": net[1].weight.grad,
+                "running_var": net[1].running_var, "running_mean": net[1].running_mean}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_cpu_sync_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
+    """Forward, input and weight gradients (summed over processes, as DDP does) and running statistics."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sync_bn_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    x = (torch.randn(6, 3, 9, 7, generator=torch.Generator().manual_seed(1)) * 3 + 2).requires_grad_(True)
+    y = net(x)
+    (y.pow(3).sum() / 6).backward()
+    for r in range(2):
+        assert torch.allclose(parts[r]["y"], y[r::2].detach(), atol=1e-5)
+        assert torch.allclose(parts[r]["x_grad"], x.grad[r::2], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(parts[r]["running_var"], net[1].running_var, atol=1e-5)
+        assert torch.allclose(parts[r]["running_mean"], net[1].running_mean, atol=1e-6)
+    for key, param in (("w_grad", net[0].weight), ("bn_grad", net[1].weight)):
+        assert torch.allclose(parts[0][key] + parts[1][key], param.grad, rtol=1e-4, atol=1e-4), key
