@@ -145,3 +145,32 @@ def test_cpu_sync_batchnorm_equals_batchnorm_on_the_whole_batch(tmp_path):
         assert torch.allclose(parts[r]["running_mean"], net[1].running_mean, atol=1e-6)
     for key, param in (("w_grad", net[0].weight), ("bn_grad", net[1].weight)):
         assert torch.allclose(parts[0][key] + parts[1][key], param.grad, rtol=1e-4, atol=1e-4), key
+
+
+def test_two_nodes_with_torchrun(tmp_path):
+    """The README's multi-machine command, with 2 "machines" on this one: two torchrun launchers (node rank 0 and
+    1, one process each) meet at a static rendezvous; Lightning reads the torchrun environment. 18 training images
+    at batch 2 per process: 4 steps per epoch (global batch 4), not the 9 of one process."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "adapt.cli", "fit",
+         "--config", "recipes/demo/source_only.yaml", f"--data.init_args.root={tmp_path}/data{node}",
+         "--data.init_args.num_images=24", "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
+         "--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true",
+         f"--trainer.default_root_dir={tmp_path}/run{node}", "--trainer.enable_progress_bar=false"],
+        cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for node in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    checkpoint = next((tmp_path / "run0").rglob("last.ckpt"))  # written by global rank 0 only
+    assert not list((tmp_path / "run1").rglob("last.ckpt"))
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4

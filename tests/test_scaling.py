@@ -103,3 +103,24 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_pair):
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert task.segmenter.net.encoder.conv1.weight.dtype == torch.float32  # master weights stay float32
     assert not torch.equal(before, task.segmenter.net.encoder.conv1.weight.detach())
+
+
+def test_compiled_segmenter_trains_and_its_checkpoint_loads_uncompiled(tiny_pair, tmp_path):
+    """``compile`` goes through torch.compile (the ``aot_eager`` backend: the same tracing as inductor, no C++
+    build); the checkpoint keeps plain parameter names and loads into an uncompiled task."""
+    import pytorch_lightning as pl
+
+    from adapt.tasks import SegmentationTask
+
+    dm = tiny_datamodule(tiny_pair)
+    task = SegmentationTask(arch="fpn", class_names=dm.class_names, compile="aot_eager")
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, dm)
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    trainer.save_checkpoint(tmp_path / "f.ckpt")
+    plain = SegmentationTask.load_from_checkpoint(tmp_path / "f.ckpt", compile=False).eval()
+    assert not any("_orig_mod" in k for k in plain.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(plain.segmenter(x), task.eval().segmenter(x), atol=1e-5)

@@ -33,7 +33,8 @@ class SegmentationTask(pl.LightningModule):
             rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
         segmenter_kwargs: further smp model arguments, by smp's names (``decoder_dropout: 0.0`` for FPN, say).
         channels_last: keep F's weights and inputs in NHWC memory order (faster convolutions on tensor-core GPUs).
-        compile: compile F with ``torch.compile`` (first steps slower; needs a C++ compiler on CPUs).
+        compile: compile F with ``torch.compile``: True for its default backend (inductor; first steps slower, needs
+            a C++ compiler on CPUs), or a backend name (``aot_eager``, ...). Checkpoints keep the plain names.
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
@@ -42,7 +43,8 @@ class SegmentationTask(pl.LightningModule):
                  class_names: list[str] | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
                  ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
-                 segmenter_kwargs: dict | None = None, channels_last: bool = False, compile: bool = False) -> None:
+                 segmenter_kwargs: dict | None = None, channels_last: bool = False,
+                 compile: bool | str = False) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -53,7 +55,7 @@ class SegmentationTask(pl.LightningModule):
         if channels_last:
             self.segmenter.to_channels_last()
         if compile:
-            self.segmenter.compile()
+            self.segmenter.compile(**({} if compile is True else {"backend": compile}))
         self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.val_calibration = Calibration(ignore_index=ignore_index)

@@ -45,7 +45,7 @@ class TranslationTask(pl.LightningModule):
             the end; 0 = only at the end.
         class_names: the data's class names (the CLI links them); checked against the segmenter checkpoint.
         channels_last: keep the networks' weights and inputs in NHWC memory order (tensor-core GPUs).
-        compile: compile the four networks with ``torch.compile``.
+        compile: compile the four networks with ``torch.compile`` (True: default backend, or a backend name).
 
     Under DDP the image pools hold the fakes of all processes and draw the same coin flips everywhere (see
     ``query_pool``), so they are identical on every process and a checkpoint resumes on any device count.
@@ -57,7 +57,7 @@ class TranslationTask(pl.LightningModule):
                  lambda_identity: float = 0.5, lambda_semantic: float = 0.0, segmenter_checkpoint: str | None = None,
                  lr: float = 2e-4, beta1: float = 0.5, pool_size: int = 50, decay_start: float = 0.5,
                  picture_every_n_steps: int = 0, class_names: list[str] | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool | str = False) -> None:
         super().__init__()
         if lambda_semantic > 0 and not segmenter_checkpoint:
             raise ConfigError("model.init_args.lambda_semantic > 0 needs model.init_args.segmenter_checkpoint")
@@ -72,7 +72,7 @@ class TranslationTask(pl.LightningModule):
             if channels_last:
                 net.to(memory_format=torch.channels_last)
             if compile:
-                net.compile()
+                net.compile(**({} if compile is True else {"backend": compile}))
         self.segmenter = None  # frozen F, loaded in setup(); kept out of this task's checkpoint
         self._picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
