@@ -61,6 +61,11 @@ class Segmenter(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The last layer: a 1x1 (smp: any k) convolution with one output channel per class."""
+        return self.net.segmentation_head[0] if hasattr(self.net, "segmentation_head") else self.net.head[-1]
+
     def to_channels_last(self) -> "Segmenter":
         """Keep weights and (from now on) inputs in NHWC order, which tensor-core convolutions prefer."""
         self.memory_format = torch.channels_last
@@ -140,3 +145,33 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
             state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
         net.encoder.load_state_dict(state)
     return Segmenter(net, num_classes)
+
+
+def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_names: list[str],
+                  new_names: list[str]) -> dict[str, list[str]]:
+    """Initialize ``segmenter`` (classes ``new_names``) from another F's ``state`` (a Segmenter state dict, classes
+    ``old_names``), matching classes by name: every tensor but the classifier's is copied (names and shapes must
+    agree: same arch and encoder); the classifier's weight and bias rows of classes in both lists are copied to
+    their new positions, classes new to ``new_names`` keep their fresh initialization, and classes only in
+    ``old_names`` are dropped. Returns ``{"shared": [...], "new": [...], "dropped": [...]}`` (class names).
+    """
+    own = segmenter.state_dict()
+    classifier = next(name for name, m in segmenter.named_modules() if m is segmenter.classifier)
+    head = {f"{classifier}.weight", f"{classifier}.bias"}
+    for key, value in own.items():
+        if key in head:
+            continue
+        if key not in state or state[key].shape != value.shape:
+            found = "missing" if key not in state else f"{tuple(state[key].shape)}, here {tuple(value.shape)}"
+            raise ConfigError(f"init_from: the checkpoint's F does not fit this one at {key} ({found}); give an F "
+                              "of the same arch, encoder_name and segmenter_kwargs")
+        own[key] = state[key]
+    rows = [(new_names.index(n), old_names.index(n)) for n in new_names if n in old_names]
+    for key in head:
+        if key in state:
+            own[key] = own[key].clone()
+            for new, old in rows:
+                own[key][new] = state[key][old]
+    segmenter.load_state_dict(own)
+    return {"shared": [n for n in new_names if n in old_names], "new": [n for n in new_names if n not in old_names],
+            "dropped": [n for n in old_names if n not in new_names]}

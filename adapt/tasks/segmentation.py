@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.nn import functional as nnf
 
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.metrics import Calibration, ConfusionMatrix, make_protocol, predict, summarize
-from adapt.nets.segmenter import ConfigError, build_segmenter
+from adapt.nets.segmenter import ConfigError, build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
 
 
@@ -35,6 +37,12 @@ class SegmentationTask(pl.LightningModule):
         channels_last: keep F's weights and inputs in NHWC memory order (faster convolutions on tensor-core GPUs).
         compile: compile F with ``torch.compile``: True for its default backend (inductor; first steps slower, needs
             a C++ compiler on CPUs), or a backend name (``aot_eager``, ...). Checkpoints keep the plain names.
+        init_from: a SegmentationTask checkpoint whose F weights start this fit (fine-tuning: weights only; the
+            optimizer, schedule and step start afresh, unlike ``--ckpt_path``, which resumes a run). Classes are
+            matched by name (``adapt.nets.segmenter.load_matching``): shared classes keep their classifier rows,
+            new ones start fresh, so a new domain may rename, reorder, add or drop classes.
+        freeze_encoder: keep the encoder's weights and BatchNorm statistics fixed; only the decoder trains.
+        encoder_lr_factor: the encoder learns at ``lr * encoder_lr_factor`` (0.1 is common when fine-tuning).
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
@@ -44,7 +52,8 @@ class SegmentationTask(pl.LightningModule):
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
                  ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
-                 compile: bool | str = False) -> None:
+                 compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
+                 encoder_lr_factor: float = 1.0) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -52,6 +61,8 @@ class SegmentationTask(pl.LightningModule):
         self.class_names = list(class_names)
         self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names),
                                          **(segmenter_kwargs or {}))
+        self.segmenter.net.encoder.requires_grad_(not freeze_encoder)
+        self.train()  # a frozen encoder goes to eval mode now (Lightning restores submodule modes it captured)
         if channels_last:
             self.segmenter.to_channels_last()
         if compile:
@@ -69,10 +80,37 @@ class SegmentationTask(pl.LightningModule):
         self.__dict__["eval_translator"] = None  # g_ts applied to x_t before F in validation / test
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from:  # a resumed run (--ckpt_path) overwrites these weights later
+            self.init_from(self.hparams.init_from)
         if stage == "fit" and self.hparams.translator_checkpoint and self.train_translator is None:
             from adapt.tasks.translation import load_generator
 
             self.__dict__["train_translator"] = load_generator(self.hparams.translator_checkpoint, "source-to-target")
+
+    def init_from(self, checkpoint: str | Path) -> dict[str, list[str]]:
+        """Load F's weights from another SegmentationTask checkpoint, classes matched by name (see ``init_from``)."""
+        path = Path(checkpoint)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ConfigError(f"model.init_args.init_from: {path} not found; give the .ckpt of an F fit") from None
+        except Exception as err:
+            raise ConfigError(f"model.init_args.init_from: {path} is not a readable checkpoint ({err})") from None
+        names = ckpt.get("hyper_parameters", {}).get("class_names") if isinstance(ckpt, dict) else None
+        if not names or "state_dict" not in ckpt:
+            raise ConfigError(f"model.init_args.init_from: {path} is not a segmenter (SegmentationTask) checkpoint")
+        state = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
+        match = load_matching(self.segmenter, state, list(names), self.class_names)
+        rank_zero_info(f"init_from {path}: {len(match['shared'])} classes kept, new: {match['new'] or 'none'}, "
+                       f"dropped: {match['dropped'] or 'none'}")
+        return match
+
+    def train(self, mode: bool = True):
+        """Lightning's train/eval switch; a frozen encoder stays in eval mode (its BatchNorm statistics fixed)."""
+        super().train(mode)
+        if self.hparams.freeze_encoder:
+            self.segmenter.net.encoder.eval()
+        return self
 
     def set_eval_translator(self, generator: torch.nn.Module | None) -> None:
         """Evaluate F(T(x_t)): ``generator`` (g_ts, frozen) maps target images to source style before F."""
@@ -163,11 +201,14 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        encoder = {id(p) for p in self.segmenter.net.encoder.parameters()}
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in encoder]},
+                  {"params": [p for p in self.segmenter.net.encoder.parameters() if p.requires_grad],
+                   "lr": hp.lr * hp.encoder_lr_factor}]  # group 1: the encoder (empty when frozen)
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True,
-                                        weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
