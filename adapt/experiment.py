@@ -15,9 +15,11 @@ An experiment file::
                    split: val}
 
 Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a process of its own, so ``--trainer.devices=N``
-works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished, ``OUT/NAME/stage.json``; a re-run skips stages that have
-it. The run ends with ``OUT/summary.json`` (evaluate stage name -> its metrics.json content) and a table.
-Extra ``--key=value`` arguments after the file are passed to every fit stage (e.g. ``--trainer.max_epochs=1``).
+works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished,
+``OUT/NAME/stage.json``; a re-run skips stages that have it. The run ends with ``OUT/summary.json`` (evaluate stage
+name -> its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every
+fit stage (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed
+(``OUT/seed_N``) and reports every metric as mean ± sample std with the per-seed values.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from adapt.evaluate import evaluate
 from adapt.nets.segmenter import ConfigError
 from adapt.recipe import load_yaml
-from adapt.report import comparison_table, write_json
+from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
 
 STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}}
 EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size"}
@@ -125,13 +127,45 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
     return summary
 
 
+def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None,
+              extra: list[str] | None = None) -> dict:
+    """The experiment once per seed (``OUT/seed_N``, each fit stage with ``--seed_everything=N``), then
+    ``OUT/summary.json``: stage -> metric -> mean, sample std and per-seed values (``adapt.report.aggregate_seeds``)."""
+    path = Path(path)
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds: {seeds}; give distinct non-negative integers")
+    out = Path(out or load_yaml(path).get("out") or Path("runs") / path.stem)
+    per_seed = {}
+    for seed in seeds:
+        print(f"==== seed {seed}", flush=True)
+        per_seed[seed] = run_experiment(path, out / f"seed_{seed}", [*(extra or []), f"--seed_everything={seed}"])
+    summary = aggregate_seeds(per_seed)
+    write_json(out / "summary.json", {"seeds": seeds, "stages": summary})
+    print(f"\n== summary over seeds {', '.join(map(str, seeds))} (mean ± sample std, %)")
+    rows = {stage: {"mIoU": plus_minus(m["miou"]), "pixel acc.": plus_minus(m["pixel_accuracy"]),
+                    "mIoU per seed": " ".join(f"{v:.2f}" for v in m["miou"]["values"].values() if v is not None)}
+            for stage, m in summary.items()}
+    width = max(len(s) for s in [*rows, "stage"])
+    print(f"{'stage':<{width}}  {'mIoU':>14}  {'pixel acc.':>14}  mIoU per seed")
+    for stage, row in rows.items():
+        print(f"{stage:<{width}}  {row['mIoU']:>14}  {row['pixel acc.']:>14}  {row['mIoU per seed']}")
+    print(f"summary: {out / 'summary.json'}")
+    return summary
+
+
 def run_main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="adapt run", description="Run the stages of an experiment file.")
     parser.add_argument("experiment", help="experiment YAML (out, stages)")
     parser.add_argument("--out", "--trainer.default_root_dir", dest="out", default=None,
                         help="folder for everything the experiment writes (default: the file's 'out')")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                        help="run the experiment once per seed (OUT/seed_N) and report mean ± std over seeds")
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith("--")]
     if bad:
         raise ConfigError(f"adapt run: unexpected argument {bad[0]!r}; pass overrides as --key=value")
+    if args.seeds is not None:
+        if any(a.startswith("--seed_everything") for a in extra):
+            raise ConfigError("adapt run: give either --seeds or --seed_everything, not both")
+        return run_seeds(args.experiment, args.seeds, args.out, extra)
     return run_experiment(args.experiment, args.out, extra)

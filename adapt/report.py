@@ -68,3 +68,38 @@ def comparison_table(rows: dict[str, dict[str, float | None]], first: str = "run
         cells = [f"{_fmt(row.get(c)).strip():>{w}}" for c, w in zip(columns, widths)]
         lines.append("  ".join([f"{name:<{width}}"] + cells))
     return "\n".join(lines)
+
+
+def mean_std(values: list[float | None]) -> dict:
+    """``{"mean", "std", "n"}`` of the defined values: the mean and the sample standard deviation (n - 1 in the
+    denominator; None with fewer than 2 values); ``{"mean": None, ...}`` when none is defined."""
+    defined = [float(v) for v in values if v is not None]
+    n = len(defined)
+    mean = sum(defined) / n if n else None
+    std = (sum((v - mean) ** 2 for v in defined) / (n - 1)) ** 0.5 if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def aggregate_seeds(summaries: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """Per-seed experiment summaries (seed -> stage -> metrics.json content) -> stage -> metric -> ``{"mean",
+    "std", "n", "values": {seed: value}}`` for ``miou``, ``pixel_accuracy``, ``ece`` and every ``iou/CLASS``."""
+    out: dict[str, dict] = {}
+    stages = dict.fromkeys(stage for summary in summaries.values() for stage in summary)
+    for stage in stages:
+        runs = {seed: summary[stage] for seed, summary in summaries.items() if stage in summary}
+        names = dict.fromkeys(n for metrics in runs.values() for n in metrics.get("per_class_iou", {}))
+        keys = {"miou": lambda m: m.get("miou"), "pixel_accuracy": lambda m: m.get("pixel_accuracy"),
+                "ece": lambda m: m.get("ece")}
+        keys.update({f"iou/{n}": (lambda m, n=n: m.get("per_class_iou", {}).get(n)) for n in names})
+        out[stage] = {}
+        for key, get in keys.items():
+            values = {seed: get(metrics) for seed, metrics in runs.items()}
+            out[stage][key] = dict(mean_std(list(values.values())), values=values)
+    return out
+
+
+def plus_minus(stat: dict) -> str:
+    """``12.34 ± 0.56`` (``12.34`` for one value, ``-`` for none)."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["std"] is not None else "")
