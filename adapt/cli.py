@@ -7,6 +7,7 @@
     adapt data synth --out DIR [--num N] [--size H W] [--seed S]
     adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
     adapt translate --checkpoint T.ckpt --direction source-to-target|target-to-source --input DIR --output DIR
+    adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation
     adapt run EXPERIMENT.yaml [--out DIR]                       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
 """
@@ -164,6 +165,30 @@ def _translate(argv: list[str]) -> None:
     print(f"wrote {count} translated images to {args.output}")
 
 
+def _tta(argv: list[str]) -> None:
+    from adapt.test_time import adapt_checkpoint
+
+    parser = argparse.ArgumentParser(prog="adapt tta", description="Adapt F to target images at test time, "
+                                     "without labels: AdaBN (BatchNorm statistics) or TENT (+ entropy).")
+    parser.add_argument("--checkpoint", required=True, help="an F .ckpt written by `adapt fit`")
+    parser.add_argument("--root", required=True, help="target images (labels, if any, are not read)")
+    parser.add_argument("--output", required=True, help="the adapted F's .ckpt (a new file)")
+    parser.add_argument("--method", default="adabn", choices=("adabn", "tent"))
+    parser.add_argument("--split", default=None, help="split list of ROOT (default: all images)")
+    parser.add_argument("--kind", default="folder", choices=("folder", "gta5", "cityscapes"))
+    parser.add_argument("--steps", type=int, default=50, help="TENT: Adam steps on BatchNorm's affine parameters")
+    parser.add_argument("--lr", type=float, default=1e-3, help="TENT: learning rate")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="the order of the target images")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    record = adapt_checkpoint(args.checkpoint, args.root, args.output, args.method, args.split, args.kind,
+                              args.steps, args.lr, args.batch_size, args.seed, args.device)
+    extra = (f"; entropy {record['entropies'][0]:.3f} -> {record['entropies'][-1]:.3f} nats"
+             if "entropies" in record else "")
+    print(f"{args.method}: {record['images']} target images{extra}; wrote {args.output}")
+
+
 def _data(argv: list[str]) -> None:
     from adapt.data import synthetic
 
@@ -206,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
             _data(argv[1:])
         elif argv and argv[0] == "translate":
             _translate(argv[1:])
+        elif argv and argv[0] == "tta":
+            _tta(argv[1:])
         elif argv and argv[0] == "run":
             from adapt.experiment import run_main
             run_main(argv[1:])

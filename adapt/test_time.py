@@ -1,0 +1,131 @@
+"""Adaptation at test time from target images alone: AdaBN and TENT (``adapt tta``).
+
+- **AdaBN** (Li et al. 2016): every BatchNorm layer's running mean and variance are recomputed on the target
+  images (a cumulative average over one pass, the rest of F in eval mode); no weight changes.
+- **TENT** (Wang et al. 2021): BatchNorm's affine weights and biases, and nothing else, are trained to minimise the
+  mean per-pixel entropy of F's softmax on target batches (BatchNorm normalizing with batch statistics, as TENT
+  does), then the running statistics are recomputed as in AdaBN so that F can be evaluated in eval mode.
+
+The result is a segmenter checkpoint with the input's hyperparameters and new weights, written atomically, so
+``adapt evaluate`` scores it like any other. Images are cropped at the top left to multiples of 32 (F's stride),
+so no padding enters the statistics.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader
+
+from adapt.data.datamodule import open_dataset
+from adapt.nets.segmenter import ConfigError, Segmenter
+
+
+def _crop(x: torch.Tensor, stride: int = Segmenter.output_stride) -> torch.Tensor:
+    """float [B, 3, H, W] -> float [B, 3, H', W'], the top-left crop to multiples of ``stride``."""
+    return x[..., : x.shape[-2] // stride * stride, : x.shape[-1] // stride * stride]
+
+
+def batchnorms(segmenter: torch.nn.Module) -> list[_BatchNorm]:
+    layers = [m for m in segmenter.modules() if isinstance(m, _BatchNorm)]
+    if not layers:
+        raise ConfigError("this F has no BatchNorm layers: AdaBN and TENT adapt BatchNorm, so they cannot help it")
+    return layers
+
+
+def _statistics_mode(segmenter: torch.nn.Module) -> list[_BatchNorm]:
+    """Eval mode for all but BatchNorm, which normalizes with (and records) batch statistics."""
+    segmenter.eval()
+    layers = batchnorms(segmenter)
+    for layer in layers:
+        layer.train()
+    return layers
+
+
+@torch.no_grad()
+def adabn(segmenter: torch.nn.Module, loader: DataLoader) -> None:
+    """Replace every BatchNorm layer's running statistics by those of the images of ``loader`` (cumulative
+    average of the batch statistics: momentum None); weights untouched; ``segmenter`` ends in eval mode."""
+    layers = _statistics_mode(segmenter)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    device = next(segmenter.parameters()).device
+    for batch in loader:
+        segmenter(_crop(batch["image"].to(device)))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    segmenter.eval()
+
+
+def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float = 1e-3) -> list[float]:
+    """``steps`` Adam steps on BatchNorm's affine parameters minimising the mean softmax entropy (nats) of the
+    target batches of ``loader`` (cycled), then ``adabn``. Returns the entropy before each step."""
+    layers = _statistics_mode(segmenter)
+    params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+    if not params:
+        raise ConfigError("this F's BatchNorm layers have no affine parameters for TENT to train; use adabn")
+    trainable = [p.requires_grad for p in segmenter.parameters()]
+    segmenter.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    device, entropies = next(segmenter.parameters()).device, []
+    while len(entropies) < steps:
+        for batch in loader:
+            logits = segmenter(_crop(batch["image"].to(device)))
+            entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+            optimizer.zero_grad()
+            entropy.backward()
+            optimizer.step()
+            entropies.append(float(entropy.detach()))
+            if len(entropies) == steps:
+                break
+    for p, flag in zip(segmenter.parameters(), trainable):
+        p.requires_grad_(flag)
+    adabn(segmenter, loader)
+    return entropies
+
+
+def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Path,
+                     method: Literal["adabn", "tent"] = "adabn", split: str | None = None, kind: str = "folder",
+                     steps: int = 50, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
+                     device: str = "cpu") -> dict:
+    """Adapt the F of ``checkpoint`` to the (unlabelled) images of ``root`` and write ``output``; returns the
+    record stored in it under ``test_time_adaptation`` (method, data, steps, entropies for TENT)."""
+    from adapt.evaluate import load_segmentation_task
+
+    if method not in ("adabn", "tent"):
+        raise ConfigError(f"--method: {method!r}; choose adabn or tent")
+    if steps < 1 or batch_size < 2:
+        raise ConfigError("--steps must be at least 1 and --batch_size at least 2 (BatchNorm needs a batch)")
+    output = Path(output)
+    if output.exists():
+        raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
+    task = load_segmentation_task(checkpoint)
+    dataset = open_dataset(kind, str(root), split, labels=False)
+    torch.manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
+    segmenter = task.segmenter.to(device)
+    record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
+              "checkpoint": str(checkpoint)}
+    if method == "adabn":
+        adabn(segmenter, loader)
+    else:
+        record.update(steps=steps, lr=lr, entropies=tent(segmenter, loader, steps, lr))
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = {f"segmenter.{k}": v.cpu() for k, v in segmenter.state_dict().items()}
+    ckpt["state_dict"] = {**ckpt["state_dict"], **state}
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):  # weights only: not resumable
+        ckpt.pop(key, None)
+    ckpt["test_time_adaptation"] = record
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, output)
+    return record
