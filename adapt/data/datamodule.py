@@ -13,9 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adapt.data import synthetic
 from adapt.data.augment import build_augment, seed_augment
@@ -82,6 +83,11 @@ class DomainDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes per loader.
         pin_memory: page-locked host memory for faster copies to a GPU.
         persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        few_shot: add this many *labelled* target images, drawn by the run's seed from ``few_shot_split`` of
+            ``target_root``, to the source training images (with the source's augmentation); 0 = none.
+        few_shot_split: the labelled split of ``target_root`` to draw them from; it may not share an image with
+            the validation split.
+        few_shot_repeat: how often each drawn image appears per epoch (a few images among many source ones).
     """
 
     def __init__(self, source_root: str, target_root: str, source_split: str | None = None,
@@ -89,7 +95,8 @@ class DomainDataModule(pl.LightningDataModule):
                  augment: str | dict[str, Any] | None = "none", crop_size: tuple[int, int] | None = None,
                  batch_size: int = 8, val_batch_size: int = 4, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, source_kind: DatasetKind = "folder",
-                 target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None) -> None:
+                 target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None, few_shot: int = 0,
+                 few_shot_split: str | None = None, few_shot_repeat: int = 1) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.source_kind, self.target_kind = source_kind, target_kind
@@ -100,6 +107,11 @@ class DomainDataModule(pl.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=persistent_workers and num_workers > 0)
+        self.few_shot, self.few_shot_split, self.few_shot_repeat = few_shot, few_shot_split, few_shot_repeat
+        self.few_shot_names: list[str] = []
+        if few_shot < 0 or few_shot_repeat < 1:
+            raise DataError(f"data.few_shot ({few_shot}) must be >= 0 and data.few_shot_repeat ({few_shot_repeat}) "
+                            ">= 1")
         build_augment(augment, crop_size, resize)  # fail now, not in a worker, on a bad pipeline
 
     @cached_property
@@ -118,12 +130,30 @@ class DomainDataModule(pl.LightningDataModule):
         return list(self.classes.names)
 
     def setup(self, stage: str) -> None:
+        self.val = open_dataset(self.target_kind, self.val_root, self.val_split, labels=True)
         if stage == "fit":
+            augment = build_augment(self.augment, self.crop_size, self.resize)
             self.source = open_dataset(self.source_kind, self.source_root, self.source_split, labels=True,
-                                       transform=build_augment(self.augment, self.crop_size, self.resize))
+                                       transform=augment)
             self.target = open_dataset(self.target_kind, self.target_root, self.target_split, labels=False,
                                        transform=build_augment("none", self.crop_size, self.resize))
-        self.val = open_dataset(self.target_kind, self.val_root, self.val_split, labels=True)
+            if self.few_shot:
+                self.source = self._with_few_shot(self.source, augment)
+
+    def _with_few_shot(self, source: ImageLabelDataset, augment) -> "Joined":
+        """``source`` and ``few_shot`` labelled target images (each ``few_shot_repeat`` times), drawn by seed."""
+        pool = open_dataset(self.target_kind, self.target_root, self.few_shot_split, labels=True, transform=augment)
+        if self.few_shot > len(pool):
+            raise DataError(f"data.few_shot: {self.few_shot} images asked, {pool.root} split "
+                            f"{self.few_shot_split!r} has {len(pool)}; lower data.few_shot")
+        rng = np.random.default_rng([global_seed(), 7])
+        chosen = sorted(int(i) for i in rng.choice(len(pool), self.few_shot, replace=False))
+        self.few_shot_names = [pool.names[i] for i in chosen]
+        shared = set(self.few_shot_names) & set(self.val.names) if Path(pool.root) == Path(self.val.root) else set()
+        if shared:
+            raise DataError(f"data.few_shot_split {self.few_shot_split!r} shares {sorted(shared)[0]} with the "
+                            "validation split; draw few-shot images from a split that evaluation does not use")
+        return Joined([(source, list(range(len(source)))), (pool, chosen * self.few_shot_repeat)])
 
     def _processes(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer; (1, 0) without one."""
@@ -157,6 +187,24 @@ class DomainDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+class Joined(Dataset):
+    """Several datasets' chosen samples as one: ``parts`` is a list of (dataset, indices into it); keys are
+    indices or ``(index, seed)`` pairs (``ShardedSampler``), passed on as such."""
+
+    def __init__(self, parts: list[tuple[ImageLabelDataset, list[int]]]) -> None:
+        self.parts = parts
+        self.keys = [(p, i) for p, (_, indices) in enumerate(parts) for i in indices]
+        self.root, self.transform = parts[0][0].root, None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        part, local = self.keys[index]
+        return self.parts[part][0][local if seed is None else (local, seed)]
 
 
 class SyntheticDataModule(DomainDataModule):
