@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from conftest import REPO, run_adapt
@@ -94,3 +95,20 @@ def test_data_synth_writes_two_folder_datasets(tmp_path):
     for domain in ("source", "target"):
         dataset = FolderDataset(tmp_path / "pair" / domain)
         assert len(dataset) == 8 and dataset[0]["image"].shape == (3, 48, 64)
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")))
+def test_every_shipped_recipe_parses(recipe, capsys, monkeypatch):
+    """Every recipe resolves (keys, types, class paths) as LightningCLI reads it; experiments are checked too."""
+    from adapt.experiment import check_experiment
+    from adapt.recipe import load_yaml
+    from conftest import adapt_main
+
+    monkeypatch.chdir(REPO)  # recipes name their files relative to the repository root
+    doc = load_yaml(REPO / recipe)
+    if "stages" in doc:
+        assert check_experiment(doc, REPO / recipe)
+        return
+    code, out, err = adapt_main(capsys, "fit", "--config", recipe, "--print_config")
+    assert code == 0, err
+    assert "class_path: adapt." in out
