@@ -13,10 +13,12 @@ An experiment file::
       - name: translated_target           # an evaluate stage: a row of the summary
         evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${out}/data/target",
                    split: val}
+      - name: adabn                       # a tta stage (``adapt tta``): its checkpoint is OUT/NAME/adapted.ckpt
+        tta: {checkpoint: "${source_only}", root: "${out}/data/target", split: val, method: adabn}
 
 Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a process of its own, so ``--trainer.devices=N``
 works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished,
-``OUT/NAME/stage.json``; a re-run skips stages that have it. The run ends with ``OUT/summary.json`` (evaluate stage
+``OUT/NAME/stage.json`` (with the stage's wall time in seconds); a re-run skips stages that have it. The run ends with ``OUT/summary.json`` (evaluate stage
 name -> its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every
 fit stage (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed
 (``OUT/seed_N``) and reports every metric as mean ± sample std with the per-seed values.
@@ -29,6 +31,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from adapt.evaluate import evaluate
@@ -36,8 +39,9 @@ from adapt.nets.segmenter import ConfigError
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
 
-STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}}
+STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"}}
 EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size"}
+TTA_KEYS = {"checkpoint", "root", "split", "method", "steps", "lr", "batch_size"}
 
 
 def _substitute(value: str, names: dict[str, str], where: str) -> str:
@@ -60,7 +64,7 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
     for i, stage in enumerate(doc["stages"]):
         kind = next((k for k in STAGE_KEYS if isinstance(stage, dict) and k in stage), None)
         if kind is None or "name" not in stage:
-            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit' or 'evaluate'")
+            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit', 'evaluate' or 'tta'")
         name = str(stage["name"])
         if set(stage) - STAGE_KEYS[kind]:
             raise ConfigError(f"{path}: stage {name!r}: unknown keys {sorted(set(stage) - STAGE_KEYS[kind])}")
@@ -74,7 +78,46 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
                                    or "root" not in stage["evaluate"]):
             raise ConfigError(f"{path}: stage {name!r}: evaluate takes checkpoint, root and optionally "
                               f"{sorted(EVALUATE_KEYS - {'checkpoint', 'root'})}")
+        if kind == "tta" and (set(stage["tta"]) - TTA_KEYS or {"checkpoint", "root", "method"} - set(stage["tta"])):
+            raise ConfigError(f"{path}: stage {name!r}: tta takes checkpoint, root, method and optionally "
+                              f"{sorted(TTA_KEYS - {'checkpoint', 'root', 'method'})}")
     return doc["stages"]
+
+
+def _fit(stage: dict, stage_dir: Path, names: dict, where: str, extra: list[str] | None) -> dict:
+    print(f"== {stage['name']}: fit {stage['fit']}", flush=True)
+    args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
+    # its own process: under DDP Lightning re-launches that command (not `adapt run`) for every rank
+    command = [sys.executable, "-m", "adapt.cli", "fit", "--config", stage["fit"],
+               f"--trainer.default_root_dir={stage_dir}", f"--checkpoint.dirpath={stage_dir / 'checkpoints'}",
+               *args, *(extra or [])]
+    code = subprocess.run(command).returncode
+    if code != 0:
+        raise ConfigError(f"{where}: the fit failed (exit code {code}, its message is above); finished "
+                          "stages are kept: fix the cause and run the same command again")
+    checkpoint = stage_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"{where}: the fit wrote no {checkpoint}; keep checkpoint.save_last: true")
+    return {"checkpoint": str(checkpoint)}
+
+
+def _tta(spec: dict, stage_dir: Path, name: str) -> dict:
+    from adapt.test_time import adapt_checkpoint
+
+    print(f"== {name}: tta ({spec['method']}) of {spec['checkpoint']} on {spec['root']}", flush=True)
+    output = stage_dir / "adapted.ckpt"
+    if not output.is_file():  # written atomically: present means complete (the stage stopped before stage.json)
+        adapt_checkpoint(spec["checkpoint"], spec["root"], output, spec["method"], spec.get("split"),
+                         steps=spec.get("steps", 50), lr=spec.get("lr", 1e-3),
+                         batch_size=spec.get("batch_size", 8))
+    return {"checkpoint": str(output)}
+
+
+def _evaluate(spec: dict, stage_dir: Path, name: str) -> dict:
+    print(f"== {name}: evaluate {spec['checkpoint']}"
+          f"{' through ' + spec['translator'] if spec.get('translator') else ''} on {spec['root']}", flush=True)
+    return {"metrics": evaluate(spec["checkpoint"], spec["root"], spec.get("split"), stage_dir,
+                                batch_size=spec.get("batch_size", 4), translator=spec.get("translator"))}
 
 
 def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
@@ -92,29 +135,16 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
         if marker.is_file():
             record = json.loads(marker.read_text())
             print(f"== {name}: finished earlier, skipped ({marker})", flush=True)
-        elif "fit" in stage:
-            print(f"== {name}: fit {stage['fit']}", flush=True)
-            args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
-            # its own process: under DDP Lightning re-launches that command (not `adapt run`) for every rank
-            command = [sys.executable, "-m", "adapt.cli", "fit", "--config", stage["fit"],
-                       f"--trainer.default_root_dir={stage_dir}", f"--checkpoint.dirpath={stage_dir / 'checkpoints'}",
-                       *args, *(extra or [])]
-            code = subprocess.run(command).returncode
-            if code != 0:
-                raise ConfigError(f"{where}: the fit failed (exit code {code}, its message is above); finished "
-                                  "stages are kept: fix the cause and run the same command again")
-            checkpoint = str(stage_dir / "checkpoints" / "last.ckpt")
-            if not Path(checkpoint).is_file():
-                raise ConfigError(f"{where}: the fit wrote no {checkpoint}; keep checkpoint.save_last: true")
-            record = {"checkpoint": checkpoint}
-            write_json(marker, record)
         else:
-            spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
-                    for k, v in stage["evaluate"].items()}
-            print(f"== {name}: evaluate {spec['checkpoint']}"
-                  f"{' through ' + spec['translator'] if spec.get('translator') else ''} on {spec['root']}", flush=True)
-            record = {"metrics": evaluate(spec["checkpoint"], spec["root"], spec.get("split"), stage_dir,
-                                          batch_size=spec.get("batch_size", 4), translator=spec.get("translator"))}
+            start = time.perf_counter()
+            if "fit" in stage:
+                record = _fit(stage, stage_dir, names, where, extra)
+            else:
+                kind = "tta" if "tta" in stage else "evaluate"
+                spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
+                        for k, v in stage[kind].items()}
+                record = _tta(spec, stage_dir, name) if kind == "tta" else _evaluate(spec, stage_dir, name)
+            record["seconds"] = round(time.perf_counter() - start, 1)
             write_json(marker, record)
         if "checkpoint" in record:
             names[name] = record["checkpoint"]

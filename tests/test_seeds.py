@@ -42,7 +42,11 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(recipe))
     experiment = {"out": str(tmp_path / "out"), "stages": [
         {"name": "f", "fit": str(tmp_path / "f.yaml")},
-        {"name": "target", "evaluate": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "val"}}]}
+        {"name": "target", "evaluate": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "val"}},
+        {"name": "adabn", "tta": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "train",
+                                  "method": "adabn", "batch_size": 6}},
+        {"name": "target_adabn", "evaluate": {"checkpoint": "${adabn}", "root": str(tiny_pair / "target"),
+                                              "split": "val"}}]}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(experiment))
     result = run_adapt("run", str(tmp_path / "e.yaml"), "--seeds", "4", "5")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,5 +62,11 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
         config = next((out / f"seed_{seed}" / "f").rglob("config.yaml"))
         assert yaml.safe_load(config.read_text())["seed_everything"] == seed
     assert "target" in result.stdout and "±" in result.stdout
+    # the tta stage's checkpoint fed the last evaluation; every stage recorded its wall time
+    assert set(summary["stages"]) == {"target", "target_adabn"}
+    adabn = json.loads((out / "seed_4" / "adabn" / "stage.json").read_text())
+    assert adabn["checkpoint"].endswith("adabn/adapted.ckpt") and adabn["seconds"] > 0
+    assert json.loads((out / "seed_4" / "target_adabn" / "stage.json").read_text())["metrics"]["checkpoint"] == \
+        adabn["checkpoint"]
     refused = run_adapt("run", str(tmp_path / "e.yaml"), "--seeds", "1", "1")
     assert refused.returncode == 2 and "--seeds" in refused.stderr
