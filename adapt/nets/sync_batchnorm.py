@@ -2,8 +2,8 @@
 
 ``torch.nn.SyncBatchNorm`` only runs on GPUs (and a few other accelerators); on the CPU it raises, and DDP refuses it
 on CPU modules. ``CPUSyncBatchNorm`` fills that gap: the batch mean and variance are sums all-reduced across
-processes by a differentiable all-reduce, whose backward all-reduces the gradients, so both
-the forward and the backward equal those of one process holding the whole batch. On GPUs torch's class is used.
+processes by a differentiable all-reduce, whose backward all-reduces the gradients, so both the forward and the
+backward equal those of one process holding the whole batch. On GPUs torch's class is used.
 
 ``SyncBatchNormPlugin`` is the Lightning plugin that converts a model's BatchNorm layers to it; the ``adapt`` CLI
 adds it whenever ``trainer.sync_batchnorm`` is true. In Python: ``Trainer(sync_batchnorm=True,
@@ -37,6 +37,7 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    """float [*] -> float [*], the sum of ``x`` over the processes of ``group``, differentiable."""
     return _AllReduceSum.apply(x, group)
 
 

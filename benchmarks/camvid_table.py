@@ -1,0 +1,77 @@
+"""The CamVid day -> dusk table: every method, several seeds, dusk mIoU mean ± std, gap closed, wall time.
+
+Runs ``adapt run recipes/camvid/benchmark.yaml --seeds ...`` (finished stages of an earlier, interrupted run are
+kept and skipped), then prints one row per method: dusk-eval mIoU as mean ± sample std over the seeds with the
+per-seed values, the share of the source-only -> oracle gap the method closes (from the means), and the method's
+own wall time per seed (its stages' ``seconds``; rows that adapt the source-only F do not count that F's fit).
+
+    python benchmarks/camvid_table.py                         # seeds 0 1 2, runs/camvid/benchmark
+    python benchmarks/camvid_table.py --no-run                # only print the table of what has run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# row label -> (evaluate stage, stages whose wall time the row costs)
+ROWS = {
+    "source only": ("eval_source_only", ["source_only"]),
+    "domain randomization (strong)": ("eval_randomized", ["randomized"]),
+    "CyCADA: F(g_ts(x_t))": ("eval_cycada_translated_dusk", ["translator"]),
+    "CyCADA: F retrained on g_st(x_s)": ("eval_cycada_retrained", ["translator", "retrained_on_translated_day"]),
+    "AdaBN (test time, no labels)": ("eval_adabn", ["adabn"]),
+    "TENT (test time, no labels)": ("eval_tent", ["tent"]),
+    "few-shot: 5 labelled dusk frames": ("eval_few_shot", ["few_shot"]),
+    "oracle: 31 labelled dusk frames (reference)": ("eval_oracle", ["oracle"]),
+}
+
+
+def table(out: Path, seeds: list[int]) -> str:
+    """The printed table, from ``out/seed_N/*/stage.json``."""
+    import statistics
+
+    def stage(seed: int, name: str) -> dict | None:
+        path = out / f"seed_{seed}" / name / "stage.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    rows, means = [], {}
+    for label, (evaluation, costs) in ROWS.items():
+        values = [s["metrics"]["miou"] for seed in seeds if (s := stage(seed, evaluation))]
+        seconds = [sum(stage(seed, c)["seconds"] for c in costs) for seed in seeds
+                   if all(stage(seed, c) and "seconds" in stage(seed, c) for c in costs)]
+        means[label] = statistics.mean(values) if values else None
+        spread = f" ± {statistics.stdev(values):5.2f}" if len(values) > 1 else ""
+        rows.append((label, values, spread, statistics.mean(seconds) / 60 if seconds else None))
+    source, oracle = means["source only"], means["oracle: 31 labelled dusk frames (reference)"]
+    lines = [f"{'method':<45} {'dusk mIoU (mean ± std)':>23}  {'gap closed':>10}  {'min/seed':>8}  per seed"]
+    for label, values, spread, minutes in rows:
+        mean = means[label]
+        gap = (f"{100 * (mean - source) / (oracle - source):9.1f}%" if None not in (mean, source, oracle)
+               and oracle != source else f"{'-':>10}")
+        cell = f"{mean:6.2f}{spread}" if mean is not None else "-"
+        lines.append(f"{label:<45} {cell:>23}  {gap}  {f'{minutes:.1f}' if minutes else '-':>8}  "
+                     + " ".join(f"{v:.2f}" for v in values))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/camvid/benchmark")
+    parser.add_argument("--no-run", dest="run", action="store_false", help="print the table of what has run")
+    args, extra = parser.parse_known_args()
+    if args.run:
+        command = [sys.executable, "-m", "adapt.cli", "run", "recipes/camvid/benchmark.yaml", "--out", args.out,
+                   "--seeds", *map(str, args.seeds), *extra]
+        subprocess.run(command, check=True)
+    print(f"\nCamVid day -> dusk, 31 dusk evaluation frames, seeds {' '.join(map(str, args.seeds))}; "
+          "mIoU in %, std = sample std over seeds")
+    print(table(Path(args.out), args.seeds))
+
+
+if __name__ == "__main__":
+    main()
