@@ -86,3 +86,23 @@ def test_adapt_tta_refuses_bad_settings(segmenter_ckpt, tiny_pair, tmp_path, cap
     code, _, stderr = adapt_main(capsys, "tta", "--checkpoint", str(segmenter_ckpt), "--root",
                                  str(tiny_pair / "target"), "--output", str(tmp_path / "x.ckpt"), *args)
     assert code == 2 and message in stderr and not (tmp_path / "x.ckpt").exists()
+
+
+def test_unlabelled_images_need_no_labels_or_class_file(segmenter_ckpt, tiny_pair, tmp_path, capsys):
+    """A folder of bare images (no labels/, no classes.yaml) is enough for `adapt tta` and as a training target."""
+    import shutil
+
+    from adapt.data import DomainDataModule
+
+    images = tmp_path / "camera" / "images"
+    shutil.copytree(tiny_pair / "target" / "images", images)
+    out = tmp_path / "f_adabn.ckpt"
+    code, stdout, stderr = adapt_main(capsys, "tta", "--checkpoint", str(segmenter_ckpt), "--root",
+                                      str(images.parent), "--output", str(out))
+    assert code == 0, stderr
+    assert f"adabn: {len(list(images.iterdir()))} target images" in stdout and out.is_file()
+    dm = DomainDataModule(source_root=str(tiny_pair / "source"), target_root=str(images.parent),
+                          val_root=str(tiny_pair / "target"), val_split="val", batch_size=2)
+    assert dm.class_names == list(FolderDataset(tiny_pair / "source").classes.names)
+    with pytest.raises(Exception, match="classes.yaml"):  # labelled evaluation still needs the class list
+        FolderDataset(images.parent, labels=True)

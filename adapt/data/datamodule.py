@@ -119,6 +119,8 @@ class DomainDataModule(pl.LightningDataModule):
         """The class set of the source domain; target and validation sets must list the same names."""
         source = dataset_classes(self.source_kind, self.source_root)
         for root in {self.target_root, self.val_root}:
+            if root != self.val_root and self.target_kind == "folder" and not (Path(root) / "classes.yaml").is_file():
+                continue  # unlabelled target images need no class list
             other = dataset_classes(self.target_kind, root)
             if other.names != source.names:
                 raise DataError(f"{root}: classes {list(other.names)} differ from the source's "

@@ -61,7 +61,7 @@ class ImageLabelDataset(Dataset):
     255 = ignore (only when ``labels=True``); ``name`` str.
     """
 
-    classes: ClassSet
+    classes: ClassSet | None  # None only for unlabelled folder images without classes.yaml
     size_hint = "image and label must have the same size"
 
     def __init__(self, root: str | Path, labels: bool, transform: Callable | None) -> None:
@@ -112,7 +112,8 @@ class FolderDataset(ImageLabelDataset):
     255 = ignore (only when ``labels=True``); ``name`` str.
 
     Args:
-        root: the dataset folder (``images/``, ``labels/``, ``classes.yaml``).
+        root: the dataset folder (``images/``, ``labels/``, ``classes.yaml``; unlabelled images need only
+            ``images/``).
         split: name of a list in ``root/splits/`` (without ``.txt``); all images when None.
         labels: load labels (evaluation, supervised training); False for unlabelled target images.
         transform: an albumentations transform called as ``transform(image=..., mask=...)`` on uint8 arrays.
@@ -126,7 +127,8 @@ class FolderDataset(ImageLabelDataset):
         if not image_dir.is_dir():
             raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
                             "and ROOT/classes.yaml (check the path)")
-        self.classes = ClassSet.from_yaml(self.root / "classes.yaml")
+        class_file = self.root / "classes.yaml"
+        self.classes = ClassSet.from_yaml(class_file) if labels or class_file.is_file() else None
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         if split is not None:
             split_file = self.root / "splits" / f"{split}.txt"
