@@ -7,6 +7,7 @@
     adapt data synth --out DIR [--num N] [--size H W] [--seed S]
     adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
     adapt translate --checkpoint T.ckpt --direction source-to-target|target-to-source --input DIR --output DIR
+    adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
     adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation
     adapt run EXPERIMENT.yaml [--out DIR]                       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
@@ -165,6 +166,29 @@ def _translate(argv: list[str]) -> None:
     print(f"wrote {count} translated images to {args.output}")
 
 
+def _fda(argv: list[str]) -> None:
+    from adapt.translate import fda_checkpoint
+
+    parser = argparse.ArgumentParser(prog="adapt fda", description="Write a Fourier domain adaptation translator "
+                                     "checkpoint, usable wherever a translator checkpoint is (no training).")
+    parser.add_argument("--source", required=True, help="source-domain images (labels are not read)")
+    parser.add_argument("--target", required=True, help="target-domain images (labels are not read)")
+    parser.add_argument("--output", required=True, help="the translator .ckpt (a new file)")
+    parser.add_argument("--beta", type=float, default=0.01, help="low-frequency share swapped (FDA's beta)")
+    parser.add_argument("--count", type=int, default=32, help="reference images kept per domain")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"),
+                        help="size the references are stored at (resized to each image when used)")
+    for domain in ("source", "target"):
+        parser.add_argument(f"--{domain}_kind", default="folder", choices=("folder", "gta5", "cityscapes"))
+        parser.add_argument(f"--{domain}_split", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="which references are drawn")
+    args = parser.parse_args(argv)
+    record = fda_checkpoint(args.output, args.source, args.target, args.beta, args.count, tuple(args.size),
+                            args.source_kind, args.target_kind, args.source_split, args.target_split, args.seed)
+    print(f"fda: beta {args.beta}, {record['source_images']} source and {record['target_images']} target "
+          f"references; wrote {args.output}")
+
+
 def _tta(argv: list[str]) -> None:
     from adapt.test_time import adapt_checkpoint
 
@@ -231,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
             _data(argv[1:])
         elif argv and argv[0] == "translate":
             _translate(argv[1:])
+        elif argv and argv[0] == "fda":
+            _fda(argv[1:])
         elif argv and argv[0] == "tta":
             _tta(argv[1:])
         elif argv and argv[0] == "run":

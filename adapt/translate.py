@@ -1,4 +1,5 @@
-"""``adapt translate``: write a folder dataset translated by one generator of a translator checkpoint."""
+"""``adapt translate``: write a folder dataset translated by one generator of a translator checkpoint;
+``adapt fda``: write a training-free Fourier translator checkpoint (reference images of both domains)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adapt.data.datamodule import open_dataset
 from adapt.data.folder import FolderDataset
+from adapt.nets.fourier import read_bank, write_fda_checkpoint
 from adapt.nets.segmenter import ConfigError
 from adapt.nets.translator import translate_padded
 from adapt.tasks.translation import load_generator
@@ -43,6 +46,28 @@ def translate_folder(checkpoint: str | Path, direction: str, input_root: str | P
     for extra in ("labels", "splits"):
         if (input_root / extra).is_dir():
             shutil.copytree(input_root / extra, partial / extra)
-    shutil.copy2(input_root / "classes.yaml", partial / "classes.yaml")
+    if (input_root / "classes.yaml").is_file():
+        shutil.copy2(input_root / "classes.yaml", partial / "classes.yaml")
     os.replace(partial, output_root)
     return len(dataset)
+
+
+def fda_checkpoint(output: str | Path, source_root: str, target_root: str, beta: float = 0.01, count: int = 32,
+                   size: tuple[int, int] = (256, 512), source_kind: str = "folder", target_kind: str = "folder",
+                   source_split: str | None = None, target_split: str | None = None, seed: int = 0) -> dict:
+    """Write an FDA translator checkpoint to ``output`` (a new file): ``count`` images of each domain, drawn by
+    ``seed`` and resized to ``size``, as the reference banks (labels are not read). Returns its record."""
+    output = Path(output)
+    if output.exists():
+        raise ConfigError(f"--output: {output} exists; give a new file name (nothing is overwritten)")
+    if not 0 <= beta < 0.5 or count < 1 or min(size) < 8:
+        raise ConfigError(f"--beta {beta} must lie in [0, 0.5), --count {count} be >= 1 and --size {size} >= 8 8")
+    banks = {name: read_bank(open_dataset(kind, root, split, labels=False), count, size, seed)
+             for name, kind, root, split in (("source", source_kind, source_root, source_split),
+                                             ("target", target_kind, target_root, target_split))}
+    record = {"beta": beta, "size": list(size), "seed": seed, "source_root": str(source_root),
+              "target_root": str(target_root), "source_split": source_split, "target_split": target_split,
+              "source_images": len(banks["source"]), "target_images": len(banks["target"])}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_fda_checkpoint(output, banks["source"], banks["target"], beta, record)
+    return record

@@ -19,6 +19,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import POOL, decorrelate_processes, derive_seed, global_seed
 from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
+from adapt.nets.fourier import FDA_KIND, FourierTranslator, load_fourier
 from adapt.nets.segmenter import ConfigError
 from adapt.nets.translator import ImagePool, PatchDiscriminator, ResnetGenerator, translate_padded
 
@@ -211,8 +212,9 @@ class TranslationTask(pl.LightningModule):
 DIRECTIONS = {"source-to-target": "g_st", "target-to-source": "g_ts"}
 
 
-def load_generator(checkpoint: str | Path, direction: str) -> ResnetGenerator:
-    """One generator of a TranslationTask checkpoint, in eval mode on the CPU, frozen.
+def load_generator(checkpoint: str | Path, direction: str) -> ResnetGenerator | FourierTranslator:
+    """One generator of a TranslationTask checkpoint (or the FourierTranslator of an ``adapt fda`` checkpoint), in
+    eval mode on the CPU, frozen.
 
     Args:
         direction: ``source-to-target`` (g_st) or ``target-to-source`` (g_ts).
@@ -226,6 +228,8 @@ def load_generator(checkpoint: str | Path, direction: str) -> ResnetGenerator:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ConfigError(f"translator checkpoint {path} is not readable ({type(err).__name__})") from None
+    if isinstance(ckpt, dict) and ckpt.get("kind") == FDA_KIND:  # a training-free Fourier translator (adapt fda)
+        return load_fourier(ckpt, direction)
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "ngf" not in hparams or "state_dict" not in ckpt:
         raise ConfigError(f"{path} is not a translator (TranslationTask) checkpoint")
