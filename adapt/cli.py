@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from jsonargparse import ArgumentError
@@ -68,6 +69,28 @@ class AdaptCLI(LightningCLI):
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
         if self.trainer.is_global_zero and last:
             print(f"checkpoint: {last}")
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            write_selection(Path(self.trainer.log_dir))
+
+
+def write_selection(log_dir: Path) -> dict | None:
+    """With two or more validation rounds in ``log_dir/metrics.csv``: ``selection.json`` (which round each
+    unsupervised validator would choose, against the target-label choice), also printed."""
+    from adapt.report import write_json
+    from adapt.validators import selection_lines, selection_report
+
+    metrics = log_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    try:
+        report = selection_report(metrics)
+    except ValueError:  # no validation round with target labels
+        return None
+    if report["rounds"] < 2 or not report["by"]:
+        return None
+    write_json(log_dir / "selection.json", report)
+    print(selection_lines(report))
+    return report
 
 
 def run_lightning(args: list[str]) -> AdaptCLI:

@@ -16,6 +16,7 @@ from adapt.data.sampling import decorrelate_processes
 from adapt.metrics import Calibration, ConfusionMatrix, make_protocol, predict, summarize
 from adapt.nets.segmenter import ConfigError, build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
+from adapt.validators import Validators
 
 
 class SegmentationTask(pl.LightningModule):
@@ -70,6 +71,7 @@ class SegmentationTask(pl.LightningModule):
         self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
         self.val_calibration = Calibration(ignore_index=ignore_index)
+        self.val_validators = Validators(len(class_names))  # label-free scores of the validation predictions
         self.test_calibration = Calibration(ignore_index=ignore_index)
         self.test_results: dict = {}
         self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
@@ -164,18 +166,21 @@ class SegmentationTask(pl.LightningModule):
         return total * world_size / n, sums[0] / n
 
     def _evaluate_step(self, batch: dict, cm: ConfusionMatrix, calibration: Calibration,
-                       keep: int = 0) -> None:
+                       keep: int = 0, validators: Validators | None = None) -> None:
         x_t, y_t = batch["image"], batch["mask"]
         x_ts = translate_padded(self.eval_translator, x_t) if self.eval_translator is not None else None
         logits_t = self(x_t if x_ts is None else x_ts)  # x_ts: target content, source style
-        confidence_t, pred_t = logits_t.softmax(1).max(1)
+        probs_t = logits_t.softmax(1)
+        confidence_t, pred_t = probs_t.max(1)
+        if validators is not None:
+            validators.update(probs_t)  # reads predictions only, never y_t
         cm.update(pred_t, y_t)
         calibration.update(confidence_t, pred_t, y_t)
         for i in range(min(keep, x_t.shape[0])):
             self.examples.append(_example(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_step(batch, self.val_cm, self.val_calibration)
+        self._evaluate_step(batch, self.val_cm, self.val_calibration, validators=self.val_validators)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
@@ -195,6 +200,9 @@ class SegmentationTask(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_cm, self.val_calibration)
+        scores = self.val_validators.compute()  # reduced over all processes by the metric
+        self.val_validators.reset()
+        self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_metrics("test", self.test_cm, self.test_calibration)
