@@ -42,7 +42,8 @@ def quiet_lightning() -> None:
     """Silence messages that say nothing about the run (tips, third-party deprecations, the TensorBoard hint)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
     for message in (".*LightningCLI's args parameter.*", ".*LeafSpec.*is deprecated.*", ".*tensorboardX.*",
-                    ".*does not have many workers.*"):
+                    ".*does not have many workers.*",
+                    ".*module\\(s\\) in eval mode at the start of training.*"):  # frozen parts: teacher, encoder
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -106,6 +107,22 @@ def run_lightning(args: list[str]) -> AdaptCLI:
                         args=args)
     except ArgumentError as err:
         raise ConfigError(" ".join(str(err).split())) from None
+    except Exception as err:  # a task or data module refusing its arguments, wrapped by jsonargparse: say only that
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _user_error(err: BaseException | None) -> ConfigError | DataError | None:
+    """The first ConfigError or DataError in ``err``'s chain of causes, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (ConfigError, DataError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _evaluate(argv: list[str]) -> None:

@@ -7,6 +7,7 @@ and ECE; ``adapt.plots`` draws per_class_iou.png, confusion_matrix.png, reliabil
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -36,7 +37,12 @@ def load_segmentation_task(checkpoint: str | Path) -> SegmentationTask:
     hparams = head.get("hyper_parameters", {}) if isinstance(head, dict) else {}
     if "state_dict" not in head or "class_names" not in hparams or "arch" not in hparams:
         raise ConfigError(f"--checkpoint: {path} is not a segmenter (SegmentationTask) checkpoint")
-    return SegmentationTask.load_from_checkpoint(path, map_location="cpu", encoder_weights=None)
+    # F of any task built on SegmentationTask (SelfTrainingTask's student, say): its own arguments and weights
+    names = set(inspect.signature(SegmentationTask.__init__).parameters) - {"compile", "encoder_weights"}
+    task = SegmentationTask(**{k: v for k, v in hparams.items() if k in names}, encoder_weights=None)
+    own = task.state_dict()
+    task.load_state_dict({k: v for k, v in head["state_dict"].items() if k in own})
+    return task
 
 
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,

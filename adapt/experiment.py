@@ -15,11 +15,13 @@ An experiment file::
                    split: val}
       - name: adabn                       # a tta stage (``adapt tta``): its checkpoint is OUT/NAME/adapted.ckpt
         tta: {checkpoint: "${source_only}", root: "${out}/data/target", split: val, method: adabn}
+      - name: fda                         # an fda stage (``adapt fda``): its translator is OUT/NAME/fda.ckpt,
+        fda: {source: "${out}/data/source", target: "${out}/data/target", beta: 0.01}   # usable as ${fda}
 
 Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a process of its own, so ``--trainer.devices=N``
 works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished,
-``OUT/NAME/stage.json`` (with the stage's wall time in seconds); a re-run skips stages that have it. The run ends with ``OUT/summary.json`` (evaluate stage
-name -> its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every
+``OUT/NAME/stage.json`` (with the stage's wall time in seconds); a re-run skips stages that have it. The run ends
+with ``OUT/summary.json`` (evaluate stage name -> its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every
 fit stage (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed
 (``OUT/seed_N``) and reports every metric as mean ± sample std with the per-seed values.
 """
@@ -39,9 +41,12 @@ from adapt.nets.segmenter import ConfigError
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
 
-STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"}}
-EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size"}
+STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"},
+              "fda": {"name", "fda"}}
+EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size", "kind"}
 TTA_KEYS = {"checkpoint", "root", "split", "method", "steps", "lr", "batch_size"}
+FDA_KEYS = {"source", "target", "beta", "count", "size", "source_split", "target_split", "source_kind",
+            "target_kind"}
 
 
 def _substitute(value: str, names: dict[str, str], where: str) -> str:
@@ -64,7 +69,7 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
     for i, stage in enumerate(doc["stages"]):
         kind = next((k for k in STAGE_KEYS if isinstance(stage, dict) and k in stage), None)
         if kind is None or "name" not in stage:
-            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit', 'evaluate' or 'tta'")
+            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit', 'evaluate', 'tta' or 'fda'")
         name = str(stage["name"])
         if set(stage) - STAGE_KEYS[kind]:
             raise ConfigError(f"{path}: stage {name!r}: unknown keys {sorted(set(stage) - STAGE_KEYS[kind])}")
@@ -81,6 +86,9 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
         if kind == "tta" and (set(stage["tta"]) - TTA_KEYS or {"checkpoint", "root", "method"} - set(stage["tta"])):
             raise ConfigError(f"{path}: stage {name!r}: tta takes checkpoint, root, method and optionally "
                               f"{sorted(TTA_KEYS - {'checkpoint', 'root', 'method'})}")
+        if kind == "fda" and (set(stage["fda"]) - FDA_KEYS or {"source", "target"} - set(stage["fda"])):
+            raise ConfigError(f"{path}: stage {name!r}: fda takes source, target and optionally "
+                              f"{sorted(FDA_KEYS - {'source', 'target'})}")
     return doc["stages"]
 
 
@@ -113,11 +121,24 @@ def _tta(spec: dict, stage_dir: Path, name: str) -> dict:
     return {"checkpoint": str(output)}
 
 
+def _fda(spec: dict, stage_dir: Path, name: str, seed: int) -> dict:
+    from adapt.translate import fda_checkpoint
+
+    print(f"== {name}: fda translator, {spec['source']} <-> {spec['target']}", flush=True)
+    output = stage_dir / "fda.ckpt"
+    if not output.is_file():  # written atomically: present means complete
+        fda_checkpoint(output, spec["source"], spec["target"], spec.get("beta", 0.01), spec.get("count", 32),
+                       tuple(spec.get("size", (256, 512))), spec.get("source_kind", "folder"),
+                       spec.get("target_kind", "folder"), spec.get("source_split"), spec.get("target_split"), seed)
+    return {"checkpoint": str(output)}
+
+
 def _evaluate(spec: dict, stage_dir: Path, name: str) -> dict:
     print(f"== {name}: evaluate {spec['checkpoint']}"
           f"{' through ' + spec['translator'] if spec.get('translator') else ''} on {spec['root']}", flush=True)
     return {"metrics": evaluate(spec["checkpoint"], spec["root"], spec.get("split"), stage_dir,
-                                batch_size=spec.get("batch_size", 4), translator=spec.get("translator"))}
+                                batch_size=spec.get("batch_size", 4), translator=spec.get("translator"),
+                                kind=spec.get("kind", "folder"))}
 
 
 def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
@@ -140,10 +161,14 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
             if "fit" in stage:
                 record = _fit(stage, stage_dir, names, where, extra)
             else:
-                kind = "tta" if "tta" in stage else "evaluate"
+                kind = next(k for k in ("tta", "fda", "evaluate") if k in stage)
                 spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
                         for k, v in stage[kind].items()}
-                record = _tta(spec, stage_dir, name) if kind == "tta" else _evaluate(spec, stage_dir, name)
+                if kind == "fda":  # the references are drawn by the run's seed (--seeds)
+                    seed = next((int(a.split("=", 1)[1]) for a in extra or [] if a.startswith("--seed_everything=")), 0)
+                    record = _fda(spec, stage_dir, name, seed)
+                else:
+                    record = _tta(spec, stage_dir, name) if kind == "tta" else _evaluate(spec, stage_dir, name)
             record["seconds"] = round(time.perf_counter() - start, 1)
             write_json(marker, record)
         if "checkpoint" in record:

@@ -74,3 +74,13 @@ def semantic_consistency_loss(logits: torch.Tensor, labels: torch.Tensor, ignore
     """
     total = nnf.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+def entropy_map(logits: torch.Tensor) -> torch.Tensor:
+    """MinEnt's per-pixel prediction entropy (Vu et al., ADVENT, CVPR 2019), in nats.
+
+    logits float [B, C, H, W] -> float [B, H, W] in [0, log C]; minimizing its mean on target images sharpens
+    F's target predictions.
+    """
+    log_p = nnf.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(1)

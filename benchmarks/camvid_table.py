@@ -25,6 +25,8 @@ ROWS = {
     "CyCADA: F retrained on g_st(x_s)": ("eval_cycada_retrained", ["translator", "retrained_on_translated_day"]),
     "AdaBN (test time, no labels)": ("eval_adabn", ["adabn"]),
     "TENT (test time, no labels)": ("eval_tent", ["tent"]),
+    "FDA: F trained on FDA-styled day (beta 0.04)": ("eval_fda", ["fda", "F_on_fda_day"]),
+    "self-training from source-only F (EMA, ClassMix)": ("eval_self_training", ["self_training"]),
     "few-shot: 5 labelled dusk frames": ("eval_few_shot", ["few_shot"]),
     "oracle: 31 labelled dusk frames (reference)": ("eval_oracle", ["oracle"]),
 }
@@ -58,6 +60,29 @@ def table(out: Path, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def selection_table(out: Path, seeds: list[int], stage: str = "self_training") -> str:
+    """How far the checkpoint each validator chooses (over the stage's per-epoch validation rounds) falls from the
+    one dusk labels would choose (an oracle choice), from ``selection.json``: mean over seeds, per-seed values."""
+    import statistics
+
+    reports = {seed: json.loads(path.read_text()) for seed in seeds
+               for path in sorted((out / f"seed_{seed}" / stage).rglob("selection.json"))[-1:]}
+    if not reports:
+        return f"(no selection.json under {out}/seed_*/{stage})"
+    rows = {"dusk labels (oracle choice)": [r["label_choice"]["miou"] for r in reports.values()],
+            "last epoch (what the table reports)": [r["last"]["miou"] for r in reports.values()]}
+    for name in ("entropy", "im", "snd"):
+        rows[f"validator: {name}"] = [r["by"][name]["miou"] for r in reports.values() if name in r["by"]]
+    best = statistics.mean(rows["dusk labels (oracle choice)"])
+    lines = [f"{stage}: checkpoint chosen over {next(iter(reports.values()))['rounds']} epochs, seeds "
+             f"{' '.join(map(str, reports))}",
+             f"{'chosen by':<38} {'dusk mIoU (mean)':>16}  {'below oracle choice':>19}  per seed"]
+    for label, values in rows.items():
+        mean = statistics.mean(values)
+        lines.append(f"{label:<38} {mean:16.2f}  {best - mean:19.2f}  " + " ".join(f"{v:.2f}" for v in values))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -71,6 +96,8 @@ def main() -> None:
     print(f"\nCamVid day -> dusk, 31 dusk evaluation frames, seeds {' '.join(map(str, args.seeds))}; "
           "mIoU in %, std = sample std over seeds")
     print(table(Path(args.out), args.seeds))
+    print()
+    print(selection_table(Path(args.out), args.seeds))
 
 
 if __name__ == "__main__":

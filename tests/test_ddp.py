@@ -174,3 +174,25 @@ def test_two_nodes_with_torchrun(tmp_path):
     checkpoint = next((tmp_path / "run0").rglob("last.ckpt"))  # written by global rank 0 only
     assert not list((tmp_path / "run1").rglob("last.ckpt"))
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair):
+    """Each process's BatchNorm statistics come from its own share of the batch (no sync_batchnorm here), yet the
+    EMA teachers of both processes end identical, as do the students' weights."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, "tests/ddp_self_training.py", str(tiny_pair), str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in ranks[0]["teacher"].items():
+        assert torch.equal(value, ranks[1]["teacher"][key]), key
+    student_bn = [k for k in ranks[0]["student"] if k.endswith("running_mean")]
+    for key, value in ranks[0]["student"].items():
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, ranks[1]["student"][key]), key  # DDP: one set of weights
+    assert any(not torch.equal(ranks[0]["student"][k], ranks[1]["student"][k]) for k in student_bn)  # they differ
+    assert not torch.equal(ranks[0]["teacher"][student_bn[0]], ranks[0]["student"][student_bn[0]])  # an EMA

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from adapt.report import aggregate_seeds, mean_std, plus_minus
@@ -46,7 +47,11 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
         {"name": "adabn", "tta": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "train",
                                   "method": "adabn", "batch_size": 6}},
         {"name": "target_adabn", "evaluate": {"checkpoint": "${adabn}", "root": str(tiny_pair / "target"),
-                                              "split": "val"}}]}
+                                              "split": "val"}},
+        {"name": "fda", "fda": {"source": str(tiny_pair / "source"), "target": str(tiny_pair / "target"),
+                                "beta": 0.05, "count": 3, "size": [32, 32]}},
+        {"name": "target_fda", "evaluate": {"checkpoint": "${f}", "translator": "${fda}",
+                                            "root": str(tiny_pair / "target"), "split": "val"}}]}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(experiment))
     result = run_adapt("run", str(tmp_path / "e.yaml"), "--seeds", "4", "5")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,7 +68,11 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
         assert yaml.safe_load(config.read_text())["seed_everything"] == seed
     assert "target" in result.stdout and "±" in result.stdout
     # the tta stage's checkpoint fed the last evaluation; every stage recorded its wall time
-    assert set(summary["stages"]) == {"target", "target_adabn"}
+    assert set(summary["stages"]) == {"target", "target_adabn", "target_fda"}
+    for seed in (4, 5):  # the fda stage drew its references with the run's seed and fed F(T(x_t))
+        fda = out / f"seed_{seed}" / "fda" / "fda.ckpt"
+        assert torch.load(fda, weights_only=True)["record"]["seed"] == seed
+        assert json.loads((out / f"seed_{seed}" / "summary.json").read_text())["target_fda"]["translator"] == str(fda)
     adabn = json.loads((out / "seed_4" / "adabn" / "stage.json").read_text())
     assert adabn["checkpoint"].endswith("adabn/adapted.ckpt") and adabn["seconds"] > 0
     assert json.loads((out / "seed_4" / "target_adabn" / "stage.json").read_text())["metrics"]["checkpoint"] == \

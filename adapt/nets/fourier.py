@@ -64,7 +64,8 @@ class FourierTranslator(nn.Module):
     def __init__(self, bank: torch.Tensor, beta: float) -> None:
         super().__init__()
         if bank.dtype != torch.uint8 or bank.dim() != 4 or bank.shape[1] != 3 or len(bank) == 0:
-            raise ValueError(f"FourierTranslator: bank must be uint8 [N, 3, h, w], got {bank.dtype} {tuple(bank.shape)}")
+            raise ValueError(f"FourierTranslator: bank must be uint8 [N, 3, h, w], got {bank.dtype} "
+                             f"{tuple(bank.shape)}")
         self.register_buffer("bank", bank)
         self.beta = beta
         self.generator: torch.Generator | None = None  # draws of references (None: torch's global RNG)

@@ -1,6 +1,7 @@
 """LightningModules, one per optimization problem."""
 
 from adapt.tasks.segmentation import SegmentationTask
+from adapt.tasks.self_training import SelfTrainingTask
 from adapt.tasks.translation import TranslationTask
 
-__all__ = ["SegmentationTask", "TranslationTask"]
+__all__ = ["SegmentationTask", "SelfTrainingTask", "TranslationTask"]

@@ -44,6 +44,8 @@ class SegmentationTask(pl.LightningModule):
             new ones start fresh, so a new domain may rename, reorder, add or drop classes.
         freeze_encoder: keep the encoder's weights and BatchNorm statistics fixed; only the decoder trains.
         encoder_lr_factor: the encoder learns at ``lr * encoder_lr_factor`` (0.1 is common when fine-tuning).
+        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first steps
+            (then follows ``lr_schedule``, counted from step 0).
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
@@ -54,10 +56,12 @@ class SegmentationTask(pl.LightningModule):
                  ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
-                 encoder_lr_factor: float = 1.0) -> None:
+                 encoder_lr_factor: float = 1.0, warmup_steps: int = 0) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
+        if warmup_steps < 0:
+            raise ConfigError(f"model.init_args.warmup_steps: {warmup_steps}; give 0 (no warmup) or more steps")
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names),
@@ -217,11 +221,17 @@ class SegmentationTask(pl.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "constant":
+        if hp.lr_schedule == "constant" and not hp.warmup_steps:
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        poly = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": poly, "interval": "step"}}
+        if hp.warmup_steps:
+            def factor(step: int) -> float:  # warmup times poly (or constant)
+                decay = (1 - min(step, total) / total) ** 0.9 if hp.lr_schedule == "poly" else 1.0
+                return min(1.0, (step + 1) / hp.warmup_steps) * decay
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:
+            schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def _example(x_t: torch.Tensor, pred_t: torch.Tensor, y_t: torch.Tensor, x_ts: torch.Tensor | None,

@@ -1,0 +1,135 @@
+"""Self-training: the EMA formula, ClassMix, pseudo-label weights, and the task through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+import yaml
+from torch import nn
+
+from adapt.self_training import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
+                                 strong_photometric)
+from conftest import run_adapt
+from test_cli import tiny_recipe
+
+
+def _net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    net(torch.rand(2, 3, 8, 8))  # train-mode forward: running statistics and the batch counter move
+    return net
+
+
+def test_ema_update_equals_the_formula():
+    teacher, student = _net(0), _net(1)
+    student(torch.rand(2, 3, 8, 8))  # the student's batch counter is now 2, the teacher's 1
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    for name, value in teacher.state_dict().items():
+        if value.dtype.is_floating_point:  # weights, biases, running mean and variance
+            torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * student.state_dict()[name],
+                                       rtol=0, atol=1e-7)
+        else:  # num_batches_tracked
+            assert torch.equal(value, student.state_dict()[name])
+    ema_update(teacher, student, 0.0)  # no EMA: the teacher is the student
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
+    assert [ema_alpha(s, 0.999) for s in (0, 1, 9)] == [0.0, 0.5, 0.9] and ema_alpha(10**6, 0.999) == 0.999
+
+
+def test_classmix_masks_and_mixed_labels_agree_pixel_for_pixel():
+    g = torch.Generator().manual_seed(0)
+    y_s = torch.randint(0, 5, (3, 12, 16), generator=g)
+    y_s[0, :4] = 255  # some ignore pixels
+    y_s[1] = 2  # one class only
+    y_s[2] = 255  # nothing labelled
+    x_s, x_t = torch.rand(3, 3, 12, 16, generator=g), torch.rand(3, 3, 12, 16, generator=g)
+    pseudo = torch.randint(0, 5, (3, 12, 16), generator=g)
+    masks = classmix_masks(y_s, torch.Generator().manual_seed(1))
+    for i in range(3):
+        present = set(y_s[i].unique().tolist()) - {255}
+        chosen = set(y_s[i][masks[i]].unique().tolist())
+        assert chosen <= present and len(chosen) == math.ceil(len(present) / 2)
+        assert torch.equal(masks[i], torch.isin(y_s[i], torch.tensor(sorted(chosen), dtype=torch.long)))
+    assert masks[1].all() and not masks[2].any() and not masks[0][:4].any()
+    x_m, y_m = mix(masks, x_s, x_t), mix(masks, y_s, pseudo)
+    for b, r, c in [(b, r, c) for b in range(3) for r in range(12) for c in range(16)]:
+        source = bool(masks[b, r, c])
+        assert torch.equal(x_m[b, :, r, c], (x_s if source else x_t)[b, :, r, c])
+        assert y_m[b, r, c] == (y_s if source else pseudo)[b, r, c]
+    # the draw is the generator's: same seed, same classes
+    assert torch.equal(masks, classmix_masks(y_s, torch.Generator().manual_seed(1)))
+
+
+def test_pseudo_label_weights_match_the_definition():
+    probs = torch.tensor([[0.99, 0.60, 0.97, 0.50], [0.01, 0.40, 0.03, 0.50]]).reshape(1, 2, 2, 2)
+    probs = torch.cat([probs, probs.flip(1)])  # image 2: the same confidences, the other classes
+    labels, weights = pseudo_labels(probs, threshold=0.968)
+    assert labels[0].flatten()[:3].tolist() == [0, 0, 0] and labels[1].flatten()[:3].tolist() == [1, 1, 1]
+    assert weights.tolist() == [0.5, 0.5]  # 0.99 and 0.97 exceed 0.968; 0.60 and 0.50 do not
+    assert pseudo_labels(probs, threshold=0.98)[1].tolist() == [0.25, 0.25]
+
+
+def test_strong_photometric_is_drawn_from_its_generator():
+    x = torch.rand(4, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    a = strong_photometric(x, torch.Generator().manual_seed(3), jitter_p=1.0, blur_p=1.0)
+    b = strong_photometric(x, torch.Generator().manual_seed(3), jitter_p=1.0, blur_p=1.0)
+    assert torch.equal(a, b) and not torch.equal(a, x) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(strong_photometric(x, torch.Generator(), jitter_p=0.0, blur_p=0.0), x)
+
+
+def _self_training_recipe(tmp_path, pair, **init_args):
+    path = tiny_recipe(tmp_path, pair)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["model"] = {"class_path": "adapt.tasks.SelfTrainingTask",
+                       "init_args": {"arch": "fpn", "encoder_weights": None, "lr": 1e-3, **init_args}}
+    recipe["data"]["init_args"].update(crop_size=[64, 64], augment="none")
+    recipe["trainer"].update(max_steps=4, check_val_every_n_epoch=None, limit_val_batches=2)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair, segmenter_ckpt):
+    recipe = _self_training_recipe(tmp_path, tiny_pair, init_from=str(segmenter_ckpt), ema_alpha=0.99,
+                                   warmup_steps=2, lambda_entropy=0.1)
+    run_dir = tmp_path / "run"
+    fit = run_adapt("fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt_path = next(run_dir.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    student = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
+    teacher = {k[len("teacher."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
+    assert student.keys() == teacher.keys()
+    assert any(not torch.equal(student[k], teacher[k]) for k in student if student[k].is_floating_point())
+    metrics = (next(run_dir.rglob("metrics.csv"))).read_text()
+    for column in ("train/loss_source", "train/loss_mixed", "train/pseudo_weight", "train/entropy", "val/miou"):
+        assert column in metrics
+    out = tmp_path / "eval"
+    ev = run_adapt("evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"), "--split", "val",
+                   "--out", str(out), "--no-plots")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["miou"] is not None
+
+
+def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair):
+    recipe = _self_training_recipe(tmp_path, tiny_pair, ema_alpha=0.0, mixing=False, confidence_weighting=False,
+                                   strong_augment=False)
+    run_dir = tmp_path / "run"
+    fit = run_adapt("fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in state.items():
+        if key.startswith("segmenter."):
+            assert torch.equal(value, state["teacher." + key[len("segmenter."):]]), key
+
+
+def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pair):
+    printed = run_adapt("fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)), "--print_config")
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    init_args = yaml.safe_load(printed.stdout)["model"]["init_args"]
+    assert {"arch", "init_from", "warmup_steps", "ema_alpha", "pseudo_threshold", "mixing"} <= set(init_args)
+    bad = run_adapt("fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
+                    "--model.init_args.ema_alpha=1.5")
+    assert bad.returncode == 2 and "ema_alpha" in bad.stderr
+
