@@ -70,8 +70,9 @@ class AdaptCLI(LightningCLI):
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
         if self.trainer.is_global_zero and last:
             print(f"checkpoint: {last}")
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            write_selection(Path(self.trainer.log_dir))
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask
+        if self.trainer.is_global_zero and log_dir:
+            write_selection(Path(log_dir))
 
 
 def write_selection(log_dir: Path) -> dict | None:
