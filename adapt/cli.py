@@ -1,6 +1,7 @@
 """The ``adapt`` command: one hop from the shell to Lightning.
 
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
+    adapt fit --config RECIPE ... --resume                      continue an interrupted fit from its last.ckpt
     adapt evaluate --checkpoint CKPT --root DATASET [--root ...] [--split S ...] [--out DIR]
                    [--protocol full|resize|slide] [--size H W] [--window H W] [--stride H W]
     adapt evaluate --predictions DIR --root DATASET [--kind K] [--split S] [--id-type label|train] [--out DIR]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -24,10 +26,12 @@ from pathlib import Path
 from pytorch_lightning.callbacks import ModelCheckpoint
 from jsonargparse import ArgumentError
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt.data.labels import DataError
 from adapt.nets.segmenter import ConfigError
 from adapt.recipe import check_recipe
+from adapt.safety import TrainingStopped
 
 
 
@@ -43,7 +47,8 @@ def quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
     for message in (".*LightningCLI's args parameter.*", ".*LeafSpec.*is deprecated.*", ".*tensorboardX.*",
                     ".*does not have many workers.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*"):  # frozen parts: teacher, encoder
+                    ".*module\\(s\\) in eval mode at the start of training.*",  # frozen parts: teacher, encoder
+                    ".*resuming from a checkpoint that ended before the epoch ended.*"):  # adapt restores the position
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -56,15 +61,58 @@ class AdaptCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
 
+    resume = False  # set by ``adapt fit ... --resume``
+
     def instantiate_trainer(self, **kwargs):
-        """The Trainer; with ``trainer.sync_batchnorm`` its BatchNorm layers sync on CPUs too (SyncBatchNormPlugin)."""
+        """The Trainer, with atomic checkpoint writes and ``weights_only`` loads (AtomicCheckpointIO), the run's
+        safety net (RunGuard: run.json, SIGTERM / Ctrl-C checkpoints, non-finite loss stop); with
+        ``trainer.sync_batchnorm`` its BatchNorm layers sync on CPUs too (SyncBatchNormPlugin)."""
+        from lightning_fabric.plugins import CheckpointIO
+
+        from adapt.safety import AtomicCheckpointIO, RunGuard
+
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins if isinstance(plugins, list) else [plugins])
         if config.get("sync_batchnorm"):
             from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
 
-            plugins = config.get("plugins") or []
-            kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), SyncBatchNormPlugin()]
-        return super().instantiate_trainer(**kwargs)
+            plugins.append(SyncBatchNormPlugin())
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            recipe = self._parser(self.subcommand).dump(self.config[self.subcommand] if self.subcommand
+                                                        else self.config, skip_none=False)
+        except Exception:  # the record is a courtesy; never stop a run for it
+            recipe = None
+        trainer.callbacks.append(RunGuard(recipe, ["adapt", *sys.argv[1:]]))
+        return trainer
+
+    def _weights_only_by_default(self) -> None:
+        """Checkpoints given to ``--ckpt_path`` are read as tensors and plain values (``--weights_only false``
+        opts out, for a file you trust); Lightning alone would fall back to full unpickling."""
+        if self.config_init[self.subcommand].get("weights_only") is None:
+            self.config_init[self.subcommand]["weights_only"] = True
+
+    before_validate = before_test = _weights_only_by_default
+
+    def before_fit(self) -> None:
+        """``--resume``: continue the newest ``last.ckpt`` of this run (``--ckpt_path`` names one explicitly)."""
+        self._weights_only_by_default()
+        if not self.resume:
+            return
+        from adapt.safety import RunGuard, find_resume_checkpoint
+
+        if self.config_init["fit"].get("ckpt_path"):
+            raise ConfigError("give --resume (the run's newest last.ckpt) or --ckpt_path PATH, not both")
+        callback = self.trainer.checkpoint_callback
+        path = find_resume_checkpoint(self.trainer.default_root_dir, callback.dirpath if callback else None)
+        self.config_init["fit"]["ckpt_path"] = str(path)
+        for guard in (c for c in self.trainer.callbacks if isinstance(c, RunGuard)):
+            guard.resumed_from = str(path)
+        print(f"resuming from {path}", flush=True)
 
     def after_fit(self) -> None:
         last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
@@ -72,27 +120,9 @@ class AdaptCLI(LightningCLI):
             print(f"checkpoint: {last}")
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask
         if self.trainer.is_global_zero and log_dir:
+            from adapt.validators import write_selection
+
             write_selection(Path(log_dir))
-
-
-def write_selection(log_dir: Path) -> dict | None:
-    """With two or more validation rounds in ``log_dir/metrics.csv``: ``selection.json`` (which round each
-    unsupervised validator would choose, against the target-label choice), also printed."""
-    from adapt.report import write_json
-    from adapt.validators import selection_lines, selection_report
-
-    metrics = log_dir / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    try:
-        report = selection_report(metrics)
-    except ValueError:  # no validation round with target labels
-        return None
-    if report["rounds"] < 2 or not report["by"]:
-        return None
-    write_json(log_dir / "selection.json", report)
-    print(selection_lines(report))
-    return report
 
 
 def run_lightning(args: list[str]) -> AdaptCLI:
@@ -100,19 +130,29 @@ def run_lightning(args: list[str]) -> AdaptCLI:
 
     Recipes and overrides are checked first (one-line errors naming the key); what jsonargparse still rejects
     (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
+    resume = args[:1] == ["fit"] and "--resume" in args
+    args = [a for a in args if a != "--resume"] if resume else args
     if args and args[0] in ("fit", "validate", "test", "predict"):
         check_recipe(args[1:])
     try:
-        return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+        return (type("ResumingCLI", (AdaptCLI,), {"resume": True}) if resume else AdaptCLI)(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
                         save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
                         args=args)
     except ArgumentError as err:
-        raise ConfigError(" ".join(str(err).split())) from None
+        raise ConfigError(_short_argument_error(" ".join(str(err).split()))) from None
     except Exception as err:  # a task or data module refusing its arguments, wrapped by jsonargparse: say only that
         cause = _user_error(err)
         if cause is None:
             raise
         raise cause from None
+
+
+def _short_argument_error(text: str) -> str:
+    """jsonargparse's message for a bad value of a task or data argument, cut to ``model.init_args.KEY: why
+    (class)``; other messages unchanged."""
+    found = re.search(r'Parser key "(\w+)": Does not validate .*?Problem with given class_path \'([\w.]+)\': '
+                      r'Parser key "([\w.]+)": (.*?)(?: - Expected a <class \'NoneType\'>|$)', text)
+    return f"{found[1]}.init_args.{found[3]}: {found[4].strip()} ({found[2]})" if found else text
 
 
 def _user_error(err: BaseException | None) -> ConfigError | DataError | None:
@@ -158,6 +198,7 @@ def _evaluate(argv: list[str]) -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--translator", default=None,
                         help="a translator .ckpt: evaluate F(g_ts(x_t)), target images mapped to source style")
+    _weights_only_option(parser)
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.predictions is None):
         raise ConfigError("adapt evaluate: give --checkpoint CKPT (score a model) or --predictions DIR (score label "
@@ -184,11 +225,18 @@ def _evaluate(argv: list[str]) -> None:
     if args.examples < 0:
         raise ConfigError(f"--examples: {args.examples}; give 0 or more")
     options = dict(batch_size=args.batch_size, num_workers=args.num_workers, accelerator=args.accelerator,
-                   translator=args.translator, protocol=protocol, num_examples=args.examples, plots=args.plots)
+                   translator=args.translator, protocol=protocol, num_examples=args.examples, plots=args.plots,
+                   weights_only=args.weights_only)
     if len(args.root) == 1 and len(kinds) == 1 and len(splits) == 1:
         evaluate(args.checkpoint, args.root[0], splits[0], args.out, kind=kinds[0], **options)
     else:
         evaluate_roots(args.checkpoint, args.root, splits, kinds, args.out, **options)
+
+
+def _weights_only_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights_only", default=True, type=lambda v: v.lower() not in ("false", "0", "no"),
+                        metavar="true|false", help="read checkpoints as tensors and plain values only (default "
+                        "true); false runs the pickled code a checkpoint may hold: only for files you trust")
 
 
 def _translate(argv: list[str]) -> None:
@@ -246,9 +294,10 @@ def _tta(argv: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="the order of the target images")
     parser.add_argument("--device", default="cpu")
+    _weights_only_option(parser)
     args = parser.parse_args(argv)
     record = adapt_checkpoint(args.checkpoint, args.root, args.output, args.method, args.split, args.kind,
-                              args.steps, args.lr, args.batch_size, args.seed, args.device)
+                              args.steps, args.lr, args.batch_size, args.seed, args.device, args.weights_only)
     extra = (f"; entropy {record['entropies'][0]:.3f} -> {record['entropies'][-1]:.3f} nats"
              if "entropies" in record else "")
     print(f"{args.method}: {record['images']} target images{extra}; wrote {args.output}")
@@ -308,11 +357,26 @@ def main(argv: list[str] | None = None) -> None:
             demo_main(argv[1:])
         else:
             run_lightning(argv)
-    except (ConfigError, DataError) as err:
+    except SIGTERMException as err:  # SIGTERM or Ctrl-C: RunGuard wrote a resumable checkpoint
+        where = getattr(err, "checkpoint", None)
+        print(f"adapt: interrupted; resumable checkpoint: {where}; run the same command with --resume to continue"
+              if where else "adapt: interrupted before training started; nothing to resume", file=sys.stderr)
+        sys.exit(143)
+    except (ConfigError, DataError, TrainingStopped) as err:
         if debug:
             raise
-        print(f"adapt: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        print(f"adapt: error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(1 if isinstance(err, TrainingStopped) else 2)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err``; for one re-raised from a DataLoader worker, its last line (the worker's own words
+    follow a traceback there)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(err):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith(("adapt.", "DataError")) and ": " in last else last
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from adapt.data.datamodule import open_dataset
@@ -21,22 +20,21 @@ from adapt.metrics import make_protocol
 from adapt.nets.segmenter import ConfigError
 from adapt.report import comparison_table, per_class_table, worst_classes_line, write_json
 from adapt.tasks.segmentation import SegmentationTask
-from adapt.tasks.translation import load_generator
+from adapt.tasks.translation import domain_name, load_generator
 
 
-def load_segmentation_task(checkpoint: str | Path) -> SegmentationTask:
-    """The SegmentationTask of a checkpoint, on the CPU, without fetching encoder weights again."""
+def load_segmentation_task(checkpoint: str | Path, weights_only: bool = True) -> SegmentationTask:
+    """The SegmentationTask of a checkpoint, on the CPU, without fetching encoder weights again (``weights_only``:
+    see ``adapt.safety.load_checkpoint``)."""
+    from adapt.safety import load_checkpoint
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"--checkpoint: {path} not found; give the .ckpt a fit wrote (e.g. .../checkpoints/last.ckpt)")
-    try:
-        head = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:
-        raise ConfigError(f"--checkpoint: {path} is not a readable checkpoint ({type(err).__name__}); "
-                          "give the .ckpt a fit wrote") from None
-    hparams = head.get("hyper_parameters", {}) if isinstance(head, dict) else {}
+    head = load_checkpoint(path, "--checkpoint", weights_only, mmap=True)
+    hparams = head.get("hyper_parameters", {})
     if "state_dict" not in head or "class_names" not in hparams or "arch" not in hparams:
-        raise ConfigError(f"--checkpoint: {path} is not a segmenter (SegmentationTask) checkpoint")
+        kind = "a translator (TranslationTask)" if "ngf" in hparams or head.get("kind") else "not a segmenter"
+        raise ConfigError(f"--checkpoint: {path} is {kind} checkpoint; give an F checkpoint (adapt fit of a "
+                          "segmentation or self-training recipe)")
     # F of any task built on SegmentationTask (SelfTrainingTask's student, say): its own arguments and weights
     names = set(inspect.signature(SegmentationTask.__init__).parameters) - {"compile", "encoder_weights"}
     task = SegmentationTask(**{k: v for k, v in hparams.items() if k in names}, encoder_weights=None)
@@ -48,7 +46,7 @@ def load_segmentation_task(checkpoint: str | Path) -> SegmentationTask:
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,
              batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
              translator: str | Path | None = None, kind: str = "folder", protocol: dict | None = None,
-             num_examples: int = 6, plots: bool = True) -> dict:
+             num_examples: int = 6, plots: bool = True, weights_only: bool = True) -> dict:
     """Score ``checkpoint`` on the labelled dataset ``root`` (one confusion matrix over the split); with
     ``translator`` (a TranslationTask checkpoint) score F(g_ts(x_t)) instead of F(x_t). ``kind``: the dataset
     layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datamodule.open_dataset``). ``protocol``: a
@@ -60,7 +58,7 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
     accuracy per bin), ``confusion_matrix`` (rows label, columns prediction), ``num_images``, ``protocol``,
     ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``.
     """
-    task = _load(checkpoint, translator, protocol)
+    task = _load(checkpoint, translator, protocol, [root], weights_only)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
     dataset = _open_checked(task, root, split, kind)
     return _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out, batch_size, num_workers,
@@ -71,13 +69,13 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
                    kinds: list[str] | None = None, out: str | Path | None = None, batch_size: int = 4,
                    num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
                    translator: str | Path | None = None, protocol: dict | None = None, num_examples: int = 6,
-                   plots: bool = True) -> dict:
+                   plots: bool = True, weights_only: bool = True) -> dict:
     """``evaluate`` on several target sets: each into ``out/<root name>/`` (default ``out``: RUN/evaluate), one
     comparison table printed, ``out/summary.json`` = {root name: metrics}. ``splits`` and ``kinds``: one value for
     all roots or one per root."""
     splits, kinds = _per_root("--split", splits or [None], roots), _per_root("--kind", kinds or ["folder"], roots)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate"
-    task = _load(checkpoint, translator, protocol)
+    task = _load(checkpoint, translator, protocol, roots, weights_only)
     # open (and so check) every set before scoring any: a bad last root fails at once, not after an hour
     datasets = [_open_checked(task, root, split, kind) for root, split, kind in zip(roots, splits, kinds)]
     summary = {}
@@ -112,10 +110,13 @@ def _root_names(roots: list[str], splits: list[str | None]) -> list[str]:
     return [f"{n}-{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
-def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None) -> SegmentationTask:
-    task = load_segmentation_task(checkpoint)
-    if translator is not None:
-        task.set_eval_translator(load_generator(translator, "target-to-source"))
+def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None, roots: list,
+          weights_only: bool = True) -> SegmentationTask:
+    task = load_segmentation_task(checkpoint, weights_only)
+    if translator is not None:  # T must have been trained towards the sets it maps back to source style
+        for root in roots:
+            generator = load_generator(translator, "target-to-source", {"target": domain_name(root)})
+        task.set_eval_translator(generator)
     task.set_eval_protocol(protocol or make_protocol("full"))
     return task
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -92,18 +93,38 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
     return doc["stages"]
 
 
+def _run_forwarding_signals(command: list[str]) -> int:
+    """Run ``command``; a SIGTERM to this process is passed on to it, and Ctrl-C is left to it (it finishes its
+    step and writes a resumable checkpoint), so that stopping ``adapt run`` never kills a fit mid-write."""
+    process = subprocess.Popen(command)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
+                # a terminal's Ctrl-C reaches the fit itself (same process group): only keep this process waiting
+                signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: None)}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _fit(stage: dict, stage_dir: Path, names: dict, where: str, extra: list[str] | None) -> dict:
     print(f"== {stage['name']}: fit {stage['fit']}", flush=True)
     args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
     # its own process: under DDP Lightning re-launches that command (not `adapt run`) for every rank
+    checkpoint = stage_dir / "checkpoints" / "last.ckpt"
+    resume = ["--resume"] if checkpoint.is_file() else []  # an earlier run of this stage stopped before the end
+    if resume:
+        print(f"   continuing the unfinished fit of {checkpoint}", flush=True)
     command = [sys.executable, "-m", "adapt.cli", "fit", "--config", stage["fit"],
                f"--trainer.default_root_dir={stage_dir}", f"--checkpoint.dirpath={stage_dir / 'checkpoints'}",
-               *args, *(extra or [])]
-    code = subprocess.run(command).returncode
+               *args, *(extra or []), *resume]
+    code = _run_forwarding_signals(command)
+    if code == 143:
+        raise ConfigError(f"{where}: interrupted; its resumable checkpoint is {checkpoint}; run the same command "
+                          "again to continue it (finished stages are kept)")
     if code != 0:
         raise ConfigError(f"{where}: the fit failed (exit code {code}, its message is above); finished "
                           "stages are kept: fix the cause and run the same command again")
-    checkpoint = stage_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise ConfigError(f"{where}: the fit wrote no {checkpoint}; keep checkpoint.save_last: true")
     return {"checkpoint": str(checkpoint)}

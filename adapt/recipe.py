@@ -102,7 +102,10 @@ def check_recipe(argv: list[str]) -> None:
             i += 2
             continue
         if arg.startswith("--") and "." in arg and not arg.startswith("--config"):
-            key = arg[2:].partition("=")[0]
+            key = arg[2:].partition("=")[0].removesuffix("+")  # KEY+=VALUE appends to a list (jsonargparse)
+            if key.startswith("trainer.callbacks."):  # init_args of the callback appended last: jsonargparse checks
+                i += 1
+                continue
             head, _, rest = key.partition(".")
             nested = _nest(key, None)
             if head in class_paths and rest.startswith("init_args."):

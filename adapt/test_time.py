@@ -13,7 +13,6 @@ so no padding enters the statistics.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from adapt.data.datamodule import open_dataset
 from adapt.nets.segmenter import ConfigError, Segmenter
+from adapt.safety import atomic_save, load_checkpoint
 
 
 def _crop(x: torch.Tensor, stride: int = Segmenter.output_stride) -> torch.Tensor:
@@ -95,7 +95,7 @@ def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float =
 def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Path,
                      method: Literal["adabn", "tent"] = "adabn", split: str | None = None, kind: str = "folder",
                      steps: int = 50, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", weights_only: bool = True) -> dict:
     """Adapt the F of ``checkpoint`` to the (unlabelled) images of ``root`` and write ``output``; returns the
     record stored in it under ``test_time_adaptation`` (method, data, steps, entropies for TENT)."""
     from adapt.evaluate import load_segmentation_task
@@ -107,7 +107,7 @@ def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Pat
     output = Path(output)
     if output.exists():
         raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
-    task = load_segmentation_task(checkpoint)
+    task = load_segmentation_task(checkpoint, weights_only)
     dataset = open_dataset(kind, str(root), split, labels=False)
     torch.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
@@ -118,14 +118,11 @@ def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Pat
         adabn(segmenter, loader)
     else:
         record.update(steps=steps, lr=lr, entropies=tent(segmenter, loader, steps, lr))
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint, "--checkpoint", weights_only)
     state = {f"segmenter.{k}": v.cpu() for k, v in segmenter.state_dict().items()}
     ckpt["state_dict"] = {**ckpt["state_dict"], **state}
     for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):  # weights only: not resumable
         ckpt.pop(key, None)
     ckpt["test_time_adaptation"] = record
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, output)
+    atomic_save(ckpt, output)
     return record

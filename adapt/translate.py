@@ -17,7 +17,7 @@ from adapt.data.folder import FolderDataset
 from adapt.nets.fourier import read_bank, write_fda_checkpoint
 from adapt.nets.segmenter import ConfigError
 from adapt.nets.translator import translate_padded
-from adapt.tasks.translation import load_generator
+from adapt.tasks.translation import domain_name, load_generator
 
 
 def translate_folder(checkpoint: str | Path, direction: str, input_root: str | Path, output_root: str | Path,
@@ -67,7 +67,8 @@ def fda_checkpoint(output: str | Path, source_root: str, target_root: str, beta:
                                              ("target", target_kind, target_root, target_split))}
     record = {"beta": beta, "size": list(size), "seed": seed, "source_root": str(source_root),
               "target_root": str(target_root), "source_split": source_split, "target_split": target_split,
-              "source_images": len(banks["source"]), "target_images": len(banks["target"])}
+              "source_images": len(banks["source"]), "target_images": len(banks["target"]),
+              "domains": {"source": domain_name(source_root), "target": domain_name(target_root)}}
     output.parent.mkdir(parents=True, exist_ok=True)
     write_fda_checkpoint(output, banks["source"], banks["target"], beta, record)
     return record

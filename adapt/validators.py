@@ -144,3 +144,22 @@ def selection_lines(report: dict) -> str:
         lines.append(f"  by {name:<23} epoch {entry['epoch']:>3}  {entry['miou']:6.2f}  "
                      f"({entry['below_label_choice']:.2f} below the label choice)")
     return "\n".join(lines)
+
+
+def write_selection(log_dir: Path) -> dict | None:
+    """With two or more validation rounds in ``log_dir/metrics.csv``: ``selection.json`` (which round each
+    unsupervised validator would choose, against the target-label choice), also printed."""
+    from adapt.report import write_json
+
+    metrics = log_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    try:
+        report = selection_report(metrics)
+    except ValueError:  # no validation round with target labels
+        return None
+    if report["rounds"] < 2 or not report["by"]:
+        return None
+    write_json(log_dir / "selection.json", report)
+    print(selection_lines(report))
+    return report

@@ -22,11 +22,17 @@ def tiny_pair(tmp_path_factory) -> Path:
     return root
 
 
-def run_adapt(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real `adapt` command (same entry point as the console script) in a subprocess."""
+def run_adapt(*args: str, cwd: Path = REPO, timeout: float = 600, helpers: bool = False,
+              background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run the real `adapt` command (same entry point as the console script) in a subprocess; ``helpers``: the
+    callbacks of tests/helpers.py importable there; ``background``: return the running Popen instead."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "adapt.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    if helpers:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "adapt.cli", *args]
+    if background:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def adapt_main(capsys, *args: str) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ def make_folder(root, names=("a", "b"), size=(20, 30), classes="ignore_index: 9\
     rng = np.random.default_rng(0)
     for name in names:
         cv2.imwrite(str(root / "images" / f"{name}.png"), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
-        cv2.imwrite(str(root / "labels" / f"{name}.png"), rng.choice([2, 5, 9, 7], size).astype(np.uint8))
+        cv2.imwrite(str(root / "labels" / f"{name}.png"), rng.choice([2, 5, 9], size).astype(np.uint8))
     return root
 
 
@@ -29,7 +29,7 @@ def test_sample_contract_and_id_mapping(tmp_path):
     assert sample["mask"].dtype == torch.int64 and sample["name"] == "a"
     raw = cv2.imread(str(root / "labels" / "a.png"), cv2.IMREAD_UNCHANGED)
     expected = np.full(raw.shape, IGNORE_INDEX)
-    expected[raw == 2], expected[raw == 5] = 0, 1  # ids 2, 5 -> train indices 0, 1; 9 (ignore) and 7 -> 255
+    expected[raw == 2], expected[raw == 5] = 0, 1  # ids 2, 5 -> train indices 0, 1; 9 (ignore) -> 255
     assert np.array_equal(sample["mask"].numpy(), expected)
     image = cv2.cvtColor(cv2.imread(str(root / "images" / "a.png")), cv2.COLOR_BGR2RGB)
     assert torch.allclose(sample["image"], torch.from_numpy(image).permute(2, 0, 1).float() / 255)
@@ -51,6 +51,8 @@ def test_unlabelled_and_split(tmp_path):
     ("size", "same size"),
     ("corrupt", "cannot decode image"),
     ("split", "split list not found"),
+    ("value", "are neither class ids"),
+    ("orphan", "label without an image"),
 ])
 def test_bad_folders_name_the_file(tmp_path, problem, words):
     root = make_folder(tmp_path / "d")
@@ -65,7 +67,24 @@ def test_bad_folders_name_the_file(tmp_path, problem, words):
         (root / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     elif problem == "split":
         split = "missing"
+    elif problem == "value":  # 7 is neither a listed id (2, 5) nor the ignore index (9)
+        cv2.imwrite(str(root / "labels" / "a.png"), np.full((20, 30), 7, np.uint8))
+    elif problem == "orphan":
+        cv2.imwrite(str(root / "labels" / "z.png"), np.full((20, 30), 2, np.uint8))
     with pytest.raises(DataError) as err:
         dataset = FolderDataset(root, split=split)
         dataset[0]
     assert words in str(err.value) and str(root) in str(err.value)
+
+
+def test_bad_images_skip_takes_the_next_sample_and_counts(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", names=("a", "b", "c"))
+    (root / "images" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    dataset = FolderDataset(root)
+    with pytest.raises(DataError, match="b.png: cannot decode image"):
+        dataset[1]  # the default policy: stop, naming the file
+    dataset.bad_images = "skip"
+    sample = dataset[1]
+    assert "b.png: cannot decode image" in capsys.readouterr().err
+    assert sample["name"] == "c" and sample["skipped"] == 1
+    assert dataset[0]["skipped"] == 0 and dataset[0]["name"] == "a"

@@ -144,7 +144,7 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     assert torch.equal(translated[0]["mask"], original[0]["mask"])  # labels copied along
     assert not torch.equal(translated[0]["image"], original[0]["image"])
     wrong = run_adapt("evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
-    assert wrong.returncode != 0 and "not a segmenter" in wrong.stderr
+    assert wrong.returncode != 0 and "is a translator" in wrong.stderr
     assert f_ckpt
 
 

@@ -83,6 +83,9 @@ class DomainDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes per loader.
         pin_memory: page-locked host memory for faster copies to a GPU.
         persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        bad_images: a training image or label that cannot be read mid-run: ``stop`` the run (naming the file) or
+            ``skip`` it (the next readable sample takes its place, a warning names the file, and the count is
+            logged as ``train/skipped_images`` and written to run.json).
         few_shot: add this many *labelled* target images, drawn by the run's seed from ``few_shot_split`` of
             ``target_root``, to the source training images (with the source's augmentation); 0 = none.
         few_shot_split: the labelled split of ``target_root`` to draw them from; it may not share an image with
@@ -96,7 +99,8 @@ class DomainDataModule(pl.LightningDataModule):
                  batch_size: int = 8, val_batch_size: int = 4, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, source_kind: DatasetKind = "folder",
                  target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None, few_shot: int = 0,
-                 few_shot_split: str | None = None, few_shot_repeat: int = 1) -> None:
+                 few_shot_split: str | None = None, few_shot_repeat: int = 1,
+                 bad_images: Literal["stop", "skip"] = "stop") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.source_kind, self.target_kind = source_kind, target_kind
@@ -109,6 +113,10 @@ class DomainDataModule(pl.LightningDataModule):
                                   persistent_workers=persistent_workers and num_workers > 0)
         self.few_shot, self.few_shot_split, self.few_shot_repeat = few_shot, few_shot_split, few_shot_repeat
         self.few_shot_names: list[str] = []
+        if bad_images not in ("stop", "skip"):
+            raise DataError(f"data.bad_images: {bad_images!r}; choose stop or skip")
+        self.bad_images = bad_images
+        self.resume_position: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
         if few_shot < 0 or few_shot_repeat < 1:
             raise DataError(f"data.few_shot ({few_shot}) must be >= 0 and data.few_shot_repeat ({few_shot_repeat}) "
                             ">= 1")
@@ -141,6 +149,8 @@ class DomainDataModule(pl.LightningDataModule):
                                        transform=build_augment("none", self.crop_size, self.resize))
             if self.few_shot:
                 self.source = self._with_few_shot(self.source, augment)
+            for dataset in (self.target, *(p[0] for p in getattr(self.source, "parts", [(self.source,)]))):
+                dataset.bad_images = self.bad_images
 
     def _with_few_shot(self, source: ImageLabelDataset, augment) -> "Joined":
         """``source`` and ``few_shot`` labelled target images (each ``few_shot_repeat`` times), drawn by seed."""
@@ -163,8 +173,21 @@ class DomainDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, dataset: ImageLabelDataset, batch_size: int, sampler: DistributedSampler) -> DataLoader:
+        # its own generator: starting an epoch's iterator draws nothing from the global torch RNG (dropout's)
+        generator = torch.Generator().manual_seed(global_seed())
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, worker_init_fn=seed_worker,
-                          drop_last=isinstance(sampler, ShardedSampler), **self.loader_kwargs)
+                          drop_last=isinstance(sampler, ShardedSampler), generator=generator, **self.loader_kwargs)
+
+    def state_dict(self) -> dict:
+        """Where training stands in its epoch (saved in checkpoints): ``epoch`` and ``batches`` done in it."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run: its training samplers skip what the interrupted run had read of that epoch."""
+        self.resume_position = (state["epoch"], state["batches"]) if state else None
 
     def train_dataloader(self) -> dict[str, DataLoader]:
         """Per process: ``batch_size`` images per domain per step, from a shuffled shard (``ShardedSampler``); only
@@ -180,7 +203,11 @@ class DomainDataModule(pl.LightningDataModule):
                 raise DataError(f"{dataset.root}: {len(dataset)} {name} images, fewer than batch_size "
                                 f"{self.batch_size} x {world_size} processes; lower data.batch_size")
             sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)
+            if self.resume_position is not None:
+                epoch, batches = self.resume_position
+                sampler.resume_at(epoch, batches, self.batch_size)
             loaders[name] = self._loader(dataset, self.batch_size, sampler)
+        self.resume_position = None
         return loaders
 
     def val_dataloader(self) -> DataLoader:

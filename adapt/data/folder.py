@@ -6,6 +6,7 @@ Optional split lists: ``ROOT/splits/SPLIT.txt``, one NAME per line.
 from __future__ import annotations
 
 from functools import cached_property
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +64,8 @@ class ImageLabelDataset(Dataset):
 
     classes: ClassSet | None  # None only for unlabelled folder images without classes.yaml
     size_hint = "image and label must have the same size"
+    known_values: np.ndarray | None = None  # bool [256]: label values allowed (folder: class ids + ignore_index)
+    bad_images = "stop"  # "skip": an unreadable sample gives way to the next readable one (DomainDataModule sets it)
 
     def __init__(self, root: str | Path, labels: bool, transform: Callable | None) -> None:
         self.root, self.labels, self.transform = Path(root), labels, transform
@@ -83,17 +86,32 @@ class ImageLabelDataset(Dataset):
         image = read_image(self.images[index])
         if not self.labels:
             return image, None
-        mask = self.lut[read_label(self.label_files[index])]
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"{self.label_files[index]}: label is {mask.shape[1]}x{mask.shape[0]} but its image "
+        raw = read_label(self.label_files[index])
+        if raw.shape != image.shape[:2]:
+            raise DataError(f"{self.label_files[index]}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
                             f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}; {self.size_hint}")
+        if self.known_values is not None and not self.known_values[raw].all():
+            bad = sorted(set(np.unique(raw).tolist()) - set(np.flatnonzero(self.known_values).tolist()))
+            raise DataError(f"{self.label_files[index]}: label values {bad[:8]} are neither class ids of "
+                            f"{self.root / 'classes.yaml'} nor its ignore_index {self.classes.ignore_index}; "
+                            "add the classes or write those pixels as ignore_index")
+        mask = self.lut[raw]
         return image, mask
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: an index, or ``(index, seed)`` (``adapt.data.sampling.ShardedSampler``): the transform's RNG is
         then seeded with ``seed`` first, so the sample's augmentation depends on the key alone."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = self.load(index)
+        skipped = 0
+        while True:
+            try:
+                image, mask = self.load(index)
+                break
+            except DataError as err:
+                if self.bad_images != "skip" or skipped + 1 >= len(self):
+                    raise
+                print(f"adapt: warning: data.bad_images: skip: {err}", file=sys.stderr, flush=True)
+                skipped, index = skipped + 1, (index + 1) % len(self)
         if seed is not None:
             seed_augment(self.transform, seed)
         if self.transform is not None:
@@ -102,6 +120,8 @@ class ImageLabelDataset(Dataset):
         sample = {"image": image_to_tensor(image), "name": self.names[index]}
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+        if self.bad_images == "skip":
+            sample["skipped"] = skipped  # samples passed over to reach this one (counted by adapt.safety.RunGuard)
         return sample
 
 
@@ -129,6 +149,9 @@ class FolderDataset(ImageLabelDataset):
                             "and ROOT/classes.yaml (check the path)")
         class_file = self.root / "classes.yaml"
         self.classes = ClassSet.from_yaml(class_file) if labels or class_file.is_file() else None
+        if self.classes is not None:
+            self.known_values = np.zeros(256, dtype=bool)
+            self.known_values[[*self.classes.ids, *([self.classes.ignore_index] if 0 <= self.classes.ignore_index < 256 else [])]] = True
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         if split is not None:
             split_file = self.root / "splits" / f"{split}.txt"
@@ -151,3 +174,8 @@ class FolderDataset(ImageLabelDataset):
             if missing:
                 raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
                                 "label); add the labels or use the folder as an unlabelled target")
+            label_dir = self.root / "labels"
+            orphans = [] if split is not None else sorted(p for p in label_dir.glob("*.png") if p.stem not in images)
+            if orphans:
+                raise DataError(f"{orphans[0]}: label without an image ({len(orphans)} labels in {label_dir} have "
+                                f"no image in {image_dir}); add the images or remove the labels")

@@ -56,9 +56,21 @@ class ShardedSampler(DistributedSampler):
                          seed=derive_seed(ORDER, seed, stream),  # streams of one run draw different orders
                          drop_last=True)
         self.run_seed, self.stream = seed, stream
+        self.resume: tuple[int, int] | None = None  # (epoch, positions of this shard already read)
+
+    def resume_at(self, epoch: int, batches: int, batch_size: int) -> None:
+        """A resumed run had read ``batches`` batches of ``epoch``: the next pass over that epoch starts after them
+        (a shorter domain that cycles continues within its current pass); later passes and epochs are whole.
+        ``len`` stays the full length, as Lightning counts batches from where the interrupted run stopped."""
+        per_pass = self.num_samples // batch_size  # whole batches per pass (the loader drops the last partial one)
+        self.resume = (epoch, (batches % per_pass) * batch_size if per_pass else 0)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in super().__iter__():
+        skip = 0
+        if self.resume is not None and self.resume[0] == self.epoch:
+            skip = self.resume[1]
+        self.resume = None if self.resume is None or self.resume[0] <= self.epoch else self.resume
+        for index in list(super().__iter__())[skip:]:
             yield index, sample_seed(self.run_seed, self.stream, self.epoch, index)
 
 

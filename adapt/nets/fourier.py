@@ -96,9 +96,9 @@ def write_fda_checkpoint(path: str | Path, source_bank: torch.Tensor, target_ban
     path = Path(path)
     state = {"kind": FDA_KIND, "beta": beta, "source_bank": source_bank, "target_bank": target_bank,
              "record": record}
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    from adapt.safety import atomic_save
+
+    atomic_save(state, path)
 
 
 def load_fourier(ckpt: dict, direction: str) -> FourierTranslator:

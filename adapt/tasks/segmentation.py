@@ -89,20 +89,20 @@ class SegmentationTask(pl.LightningModule):
         if stage == "fit" and self.hparams.init_from:  # a resumed run (--ckpt_path) overwrites these weights later
             self.init_from(self.hparams.init_from)
         if stage == "fit" and self.hparams.translator_checkpoint and self.train_translator is None:
-            from adapt.tasks.translation import load_generator
+            from adapt.tasks.translation import domain_name, load_generator
 
-            self.__dict__["train_translator"] = load_generator(self.hparams.translator_checkpoint, "source-to-target")
+            data = self.trainer.datamodule if self._trainer is not None else None
+            source = {"source": domain_name(data.source_root)} if hasattr(data, "source_root") else None
+            self.__dict__["train_translator"] = load_generator(self.hparams.translator_checkpoint, "source-to-target",
+                                                               source)
 
     def init_from(self, checkpoint: str | Path) -> dict[str, list[str]]:
         """Load F's weights from another SegmentationTask checkpoint, classes matched by name (see ``init_from``)."""
+        from adapt.safety import load_checkpoint
+
         path = Path(checkpoint)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ConfigError(f"model.init_args.init_from: {path} not found; give the .ckpt of an F fit") from None
-        except Exception as err:
-            raise ConfigError(f"model.init_args.init_from: {path} is not a readable checkpoint ({err})") from None
-        names = ckpt.get("hyper_parameters", {}).get("class_names") if isinstance(ckpt, dict) else None
+        ckpt = load_checkpoint(path, "model.init_args.init_from")
+        names = ckpt.get("hyper_parameters", {}).get("class_names")
         if not names or "state_dict" not in ckpt:
             raise ConfigError(f"model.init_args.init_from: {path} is not a segmenter (SegmentationTask) checkpoint")
         state = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}

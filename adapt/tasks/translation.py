@@ -202,6 +202,9 @@ class TranslationTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["image_pools"] = {"s": self.pool_s.state_dict(), "t": self.pool_t.state_dict()}
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(data, "source_root") and hasattr(data, "target_root"):  # checked where T is used
+            checkpoint["domains"] = {"source": domain_name(data.source_root), "target": domain_name(data.target_root)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "image_pools" in checkpoint:
@@ -212,23 +215,35 @@ class TranslationTask(pl.LightningModule):
 DIRECTIONS = {"source-to-target": "g_st", "target-to-source": "g_ts"}
 
 
-def load_generator(checkpoint: str | Path, direction: str) -> ResnetGenerator | FourierTranslator:
+def domain_name(root: str | Path) -> str:
+    """What a translator checkpoint records of a domain: its folder's name (``day``, ``cityscapes``), which
+    survives moving the data."""
+    return Path(root).resolve().name
+
+
+def load_generator(checkpoint: str | Path, direction: str,
+                   domains: dict[str, str] | None = None) -> ResnetGenerator | FourierTranslator:
     """One generator of a TranslationTask checkpoint (or the FourierTranslator of an ``adapt fda`` checkpoint), in
     eval mode on the CPU, frozen.
 
     Args:
         direction: ``source-to-target`` (g_st) or ``target-to-source`` (g_ts).
+        domains: ``{"source" and / or "target": domain_name(root)}`` of the data T is used on: a ConfigError when
+            the checkpoint records other domains (T used on the wrong data, or the wrong way round).
     """
+    from adapt.safety import load_checkpoint
+
     if direction not in DIRECTIONS:
         raise ConfigError(f"--direction: {direction!r}; choose {' or '.join(DIRECTIONS)}")
     path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"translator checkpoint {path} not found; give the .ckpt a translator fit wrote")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"translator checkpoint {path} is not readable ({type(err).__name__})") from None
-    if isinstance(ckpt, dict) and ckpt.get("kind") == FDA_KIND:  # a training-free Fourier translator (adapt fda)
+    ckpt = load_checkpoint(path, "translator checkpoint")
+    recorded = ckpt.get("domains") or ckpt.get("record", {}).get("domains") or {}
+    for side, name in (domains or {}).items():
+        if recorded.get(side) and name and recorded[side] != name:
+            raise ConfigError(f"translator checkpoint {path}: trained from {recorded.get('source')!r} to "
+                              f"{recorded.get('target')!r}, but this {side} domain is {name!r}; use a translator "
+                              "trained for these domains (and direction)")
+    if ckpt.get("kind") == FDA_KIND:  # a training-free Fourier translator (adapt fda)
         return load_fourier(ckpt, direction)
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "ngf" not in hparams or "state_dict" not in ckpt:

@@ -1,0 +1,132 @@
+"""Never lose a run: SIGTERM and resume, non-finite losses, atomic files, what checkpoints and run.json carry."""
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import run_adapt
+from test_cli import tiny_recipe
+
+RESUMABLE = ["--trainer.max_steps=-1", "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=1",
+             "--data.init_args.batch_size=3", "--trainer.deterministic=true", "--seed_everything=1",
+             "--trainer.enable_progress_bar=false"]  # 18 training images: 6 steps per epoch, 18 in all
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, tiny_pair):
+    recipe = str(tiny_recipe(tmp_path, tiny_pair))
+    whole = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={tmp_path / 'whole'}", *RESUMABLE)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    again = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={tmp_path / 'again'}", *RESUMABLE)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    run_dir, marker = tmp_path / "cut", tmp_path / "step.txt"
+    fit = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", *RESUMABLE,
+                    "--trainer.callbacks+=helpers.Pace", f"--trainer.callbacks.marker={marker}",
+                    helpers=True, background=True)
+    deadline = time.time() + 300
+    while not (marker.is_file() and marker.read_text() and int(marker.read_text()) >= 8):  # epoch 1, batch 2
+        assert fit.poll() is None and time.time() < deadline, fit.communicate()[1][-3000:]
+        time.sleep(0.05)
+    fit.send_signal(signal.SIGTERM)
+    _, stderr = fit.communicate(timeout=300)
+    assert fit.returncode == 143, stderr[-3000:]
+    assert "resumable checkpoint" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    cut = next(run_dir.rglob("last.ckpt"))
+    state = torch.load(cut, map_location="cpu", weights_only=True)
+    assert 8 <= state["global_step"] < 18 and state["global_step"] % 6 != 0  # mid-epoch, not at its end
+    assert state["adapt"]["interrupted"] is True
+    record = json.loads(next(run_dir.rglob("run.json")).read_text())
+    assert record["status"] == "interrupted" and record["checkpoint"] == str(cut)
+
+    resumed = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", *RESUMABLE, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {cut}" in resumed.stdout
+    final = sorted(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+    assert torch.load(final, map_location="cpu", weights_only=True)["global_step"] == 18
+    reference, repeat, result = (weights(next((tmp_path / d).rglob("last.ckpt"))) for d in ("whole", "again", "cut"))
+    result = weights(final)
+    assert reference.keys() == result.keys()
+    for name in reference:  # bitwise: same seed, CPU, deterministic mode
+        assert torch.equal(reference[name], repeat[name]), name
+        assert torch.equal(reference[name], result[name]), name
+    # same seed, same recipe: identical metrics, and the run directory says how it was made
+    metrics = [json.loads(next((tmp_path / d).rglob("run.json")).read_text()) for d in ("whole", "again")]
+    assert metrics[0]["seed"] == 1 and metrics[0]["status"] == "finished" and metrics[0]["versions"]["torch"]
+    assert "git_commit" in metrics[0]
+    csv = [next((tmp_path / d).rglob("metrics.csv")).read_text() for d in ("whole", "again")]
+    assert "val/miou" in csv[0] and csv[0] == csv[1]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_pair):
+    recipe = str(tiny_recipe(tmp_path, tiny_pair))
+    run_dir = tmp_path / "run"
+    result = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", *RESUMABLE,
+                       "--trainer.callbacks+=helpers.PoisonBatch", "--trainer.callbacks.step=8", helpers=True)
+    assert result.returncode == 1, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("adapt: error: the loss is nan at step 8 (epoch 1, batch 2)"), message
+    assert "last good checkpoint" in message and "Traceback" not in result.stderr
+    last = next(run_dir.rglob("last.ckpt"))
+    assert str(last) in message
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 6 and not state["adapt"]["interrupted"]  # epoch 0's, as it was written
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    record = json.loads(next(run_dir.rglob("run.json")).read_text())
+    assert record["status"] == "failed" and "step 8" in record["error"]
+
+
+def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(tmp_path, tiny_pair):
+    run_dir = tmp_path / "run"
+    result = run_adapt("fit", "--config", str(tiny_recipe(tmp_path, tiny_pair)),
+                       f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    record = ckpt["adapt"]
+    assert "max_steps: 2" in record["recipe"] and record["class_names"][0] == "road"
+    assert record["versions"]["pytorch-lightning"] and record["seed"] == 0 and record["command"][:2] == ["adapt", "fit"]
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from adapt.safety import atomic_save
+
+    path = tmp_path / "f.ckpt"
+    atomic_save({"a": torch.ones(2)}, path)
+
+    def broken(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["f.ckpt"]
+
+
+def test_bad_images_skip_through_the_cli_counts_them(tmp_path, tiny_pair):
+    import shutil
+
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny_pair, pair)
+    names = (pair / "source" / "splits" / "train.txt").read_text().split()
+    next((pair / "source" / "images").glob(f"{names[0]}.*")).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    recipe = str(tiny_recipe(tmp_path, pair))
+    every = ["--trainer.max_steps=-1", "--trainer.max_epochs=1", "--data.init_args.batch_size=3"]  # all 18 read
+    stopped = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={tmp_path / 'stop'}", *every)
+    assert stopped.returncode == 2 and names[0] in stopped.stderr.splitlines()[-1], stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and not list((tmp_path / "stop").rglob("last.ckpt"))
+    run_dir = tmp_path / "skip"
+    skipped = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", *every,
+                        "--data.init_args.bad_images=skip")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert json.loads(next(run_dir.rglob("run.json")).read_text())["skipped_images"] == 1
+    assert "skipped 1 unreadable images" in skipped.stdout + skipped.stderr
+    assert names[0] in skipped.stderr
