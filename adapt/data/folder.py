@@ -151,7 +151,8 @@ class FolderDataset(ImageLabelDataset):
         self.classes = ClassSet.from_yaml(class_file) if labels or class_file.is_file() else None
         if self.classes is not None:
             self.known_values = np.zeros(256, dtype=bool)
-            self.known_values[[*self.classes.ids, *([self.classes.ignore_index] if 0 <= self.classes.ignore_index < 256 else [])]] = True
+            ignore = [self.classes.ignore_index] if 0 <= self.classes.ignore_index < 256 else []
+            self.known_values[[*self.classes.ids, *ignore]] = True
         images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         if split is not None:
             split_file = self.root / "splits" / f"{split}.txt"
