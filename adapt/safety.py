@@ -217,6 +217,8 @@ class RunGuard(Callback):
             self.interrupting = True
             trainer.save_checkpoint(path)  # every process takes part; process 0 writes
             self.interrupting = False
+            if trainer.checkpoint_callback is not None:
+                trainer.checkpoint_callback.last_model_path = str(path)
             exception.checkpoint = str(path)
             self._write(trainer, status="interrupted", step=trainer.global_step, checkpoint=str(path),
                         skipped_images=self.skipped_images, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -233,6 +235,7 @@ class RunGuard(Callback):
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
+        callback.last_model_path = str(path)  # ModelCheckpoint's own last.ckpt: it rewrites it, never last-v1.ckpt
         self.last_good = f"{path} (step {trainer.global_step})"
 
     # -- non-finite losses ---------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted
     for name in reference:  # bitwise: same seed, CPU, deterministic mode
         assert torch.equal(reference[name], repeat[name]), name
         assert torch.equal(reference[name], result[name]), name
+    assert not list(tmp_path.rglob("last-v*.ckpt"))  # one last.ckpt per run folder, rewritten in place
     # same seed, same recipe: identical metrics, and the run directory says how it was made
     metrics = [json.loads(next((tmp_path / d).rglob("run.json")).read_text()) for d in ("whole", "again")]
     assert metrics[0]["seed"] == 1 and metrics[0]["status"] == "finished" and metrics[0]["versions"]["torch"]
@@ -92,6 +93,14 @@ def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(tmp
     assert "max_steps: 2" in record["recipe"] and record["class_names"][0] == "road"
     assert record["versions"]["pytorch-lightning"] and record["seed"] == 0 and record["command"][:2] == ["adapt", "fit"]
     assert not list(run_dir.rglob("*.tmp"))
+    # stopped by max_steps in the middle of an epoch after whole ones: last.ckpt holds the final step
+    run_dir = tmp_path / "mid"
+    result = run_adapt("fit", "--config", str(tiny_recipe(tmp_path, tiny_pair)),
+                       f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=8",
+                       "--data.init_args.batch_size=3")  # 6 steps per epoch
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in run_dir.rglob("*.ckpt")] == ["last.ckpt"]
+    assert torch.load(next(run_dir.rglob("last.ckpt")), weights_only=True)["global_step"] == 8
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
