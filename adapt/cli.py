@@ -22,16 +22,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from pytorch_lightning.callbacks import ModelCheckpoint
 from jsonargparse import ArgumentError
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from lightning_fabric.plugins import CheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt import commands
-from adapt.data.labels import DataError
-from adapt.nets.segmenter import ConfigError
+from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoint, last_checkpoint_path, run_guard
+from adapt.errors import ConfigError, DataError, TrainingStopped
+from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
 from adapt.recipe import check_recipe
-from adapt.safety import TrainingStopped
+from adapt.workflows.experiment import demo_main, run_main
 
 
 
@@ -53,46 +55,47 @@ def quiet_lightning() -> None:
 
 
 class AdaptCLI(LightningCLI):
-    """LightningCLI with the class names linked from the data to the task and a checkpoint callback that always
-    writes ``last.ckpt`` into the run's log folder (under ``trainer.default_root_dir``)."""
+    """LightningCLI with the class names linked from the data to the task, a checkpoint callback that always
+    writes ``last.ckpt`` into the run's log folder (under ``trainer.default_root_dir``), ``--resume``, and the
+    callbacks of ``adapt.callbacks.run_guard`` on every Trainer."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        # save_top_k 0: adapt's ResumableCheckpoints writes last.ckpt at every epoch end; no version counter, so
+        # that ModelCheckpoint's own last.ckpt (with a top-k save) replaces that file instead of writing last-v1
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.enable_version_counter": False})
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-
-    resume = False  # set by ``adapt fit ... --resume``
+        parser.add_argument("--resume", action="store_true",
+                            help="fit: continue the run's newest last.ckpt (after SIGTERM, Ctrl-C or a crash)")
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, with atomic checkpoint writes and ``weights_only`` loads (AtomicCheckpointIO), the run's
-        safety net (RunGuard: run.json, SIGTERM / Ctrl-C checkpoints, non-finite loss stop); with
-        ``trainer.sync_batchnorm`` its BatchNorm layers sync on CPUs too (SyncBatchNormPlugin)."""
-        from lightning_fabric.plugins import CheckpointIO
-
-        from adapt.safety import AtomicCheckpointIO, RunGuard
-
-        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
-        plugins = config.get("plugins") or []
+        """The Trainer, with atomic checkpoint writes and ``weights_only`` loads (AtomicCheckpointIO) and the
+        run's safety net (``run_guard``); with ``trainer.sync_batchnorm`` its BatchNorm layers sync on CPUs too."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = config["trainer"].get("plugins") or []
         plugins = list(plugins if isinstance(plugins, list) else [plugins])
-        if config.get("sync_batchnorm"):
-            from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
-
+        if config["trainer"].get("sync_batchnorm"):
             plugins.append(SyncBatchNormPlugin())
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
         trainer = super().instantiate_trainer(**kwargs)
-        try:
-            recipe = self._parser(self.subcommand).dump(self.config[self.subcommand] if self.subcommand
-                                                        else self.config, skip_none=False)
+        saver = next((c for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+        try:  # the resolved recipe, as SaveConfigCallback writes it to config.yaml
+            recipe = saver.parser.dump(saver.config, skip_none=False) if saver else None
         except Exception:  # the record is a courtesy; never stop a run for it
             recipe = None
-        trainer.callbacks.append(RunGuard(recipe, ["adapt", *sys.argv[1:]]))
+        seed = config.get("seed_everything")
+        trainer.callbacks.extend(run_guard(recipe, ["adapt", *sys.argv[1:]],
+                                           seed if isinstance(seed, int) and not isinstance(seed, bool) else None))
         return trainer
 
     def _weights_only_by_default(self) -> None:
         """Checkpoints given to ``--ckpt_path`` are read as tensors and plain values (``--weights_only false``
         opts out, for a file you trust); Lightning alone would fall back to full unpickling."""
+        if self.config_init[self.subcommand].get("resume"):
+            raise ConfigError(f"--resume continues a fit; adapt {self.subcommand} takes --ckpt_path PATH")
         if self.config_init[self.subcommand].get("weights_only") is None:
             self.config_init[self.subcommand]["weights_only"] = True
 
@@ -100,29 +103,24 @@ class AdaptCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """``--resume``: continue the newest ``last.ckpt`` of this run (``--ckpt_path`` names one explicitly)."""
+        config = self.config_init["fit"]
+        resume, config["resume"] = config.get("resume"), False
         self._weights_only_by_default()
-        if not self.resume:
+        if not resume:
             return
-        from adapt.safety import RunGuard, find_resume_checkpoint
-
-        if self.config_init["fit"].get("ckpt_path"):
+        if config.get("ckpt_path"):
             raise ConfigError("give --resume (the run's newest last.ckpt) or --ckpt_path PATH, not both")
         callback = self.trainer.checkpoint_callback
         path = find_resume_checkpoint(self.trainer.default_root_dir, callback.dirpath if callback else None)
-        self.config_init["fit"]["ckpt_path"] = str(path)
-        for guard in (c for c in self.trainer.callbacks if isinstance(c, RunGuard)):
-            guard.resumed_from = str(path)
+        config["ckpt_path"] = str(path)
+        for record in (c for c in self.trainer.callbacks if isinstance(c, RunRecord)):
+            record.resumed_from = str(path)
         print(f"resuming from {path}", flush=True)
 
     def after_fit(self) -> None:
-        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
-        if self.trainer.is_global_zero and last:
+        last = last_checkpoint_path(self.trainer)
+        if self.trainer.is_global_zero and last.is_file():
             print(f"checkpoint: {last}")
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask
-        if self.trainer.is_global_zero and log_dir:
-            from adapt.validators import write_selection
-
-            write_selection(Path(log_dir))
 
 
 def run_lightning(args: list[str]) -> AdaptCLI:
@@ -130,13 +128,10 @@ def run_lightning(args: list[str]) -> AdaptCLI:
 
     Recipes and overrides are checked first (one-line errors naming the key); what jsonargparse still rejects
     (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
-    resume = args[:1] == ["fit"] and "--resume" in args
-    args = [a for a in args if a != "--resume"] if resume else args
     if args and args[0] in ("fit", "validate", "test", "predict"):
         check_recipe(args[1:])
     try:
-        cli = type("ResumingCLI", (AdaptCLI,), {"resume": True}) if resume else AdaptCLI
-        return cli(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+        return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False}, args=args)
     except ArgumentError as err:
         raise ConfigError(_short_argument_error(" ".join(str(err).split()))) from None
@@ -184,14 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         elif argv and argv[0] == "tta":
             commands.tta(argv[1:])
         elif argv and argv[0] == "run":
-            from adapt.experiment import run_main
             run_main(argv[1:])
         elif argv and argv[0] == "demo":
-            from adapt.demo import demo_main
             demo_main(argv[1:])
         else:
             run_lightning(argv)
-    except SIGTERMException as err:  # SIGTERM or Ctrl-C: RunGuard wrote a resumable checkpoint
+    except SIGTERMException as err:  # SIGTERM or Ctrl-C: ResumableCheckpoints wrote a resumable checkpoint
         where = getattr(err, "checkpoint", None)
         print(f"adapt: interrupted; resumable checkpoint: {where}; run the same command with --resume to continue"
               if where else "adapt: interrupted before training started; nothing to resume", file=sys.stderr)

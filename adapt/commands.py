@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adapt.nets.segmenter import ConfigError
+from adapt.errors import ConfigError
 
 
 def evaluate(argv: list[str]) -> None:
@@ -55,11 +55,11 @@ def evaluate(argv: list[str]) -> None:
                               "they are, at the labels' resolution")
         if len(args.root) > 1 or len(kinds) > 1 or len(splits) > 1:
             raise ConfigError("--predictions scores one --root (one --split, one --kind)")
-        from adapt.score import score_predictions
+        from adapt.workflows.score import score_predictions
         score_predictions(args.predictions, args.root[0], kinds[0], splits[0], args.id_type, args.out)
         return
-    from adapt.evaluate import evaluate, evaluate_roots
-    from adapt.metrics import make_protocol
+    from adapt.workflows.evaluate import evaluate, evaluate_roots
+    from adapt.inference import make_protocol
 
     try:
         protocol = make_protocol(args.protocol, args.size, args.window, args.stride)
@@ -83,8 +83,8 @@ def weights_only_option(parser: argparse.ArgumentParser) -> None:
 
 
 def translate(argv: list[str]) -> None:
-    from adapt.tasks.translation import DIRECTIONS
-    from adapt.translate import translate_folder
+    from adapt.checkpoints import DIRECTIONS
+    from adapt.workflows.translate import translate_folder
 
     parser = argparse.ArgumentParser(prog="adapt translate", description="Translate a folder dataset with T.")
     parser.add_argument("--checkpoint", required=True, help="a translator .ckpt written by `adapt fit`")
@@ -99,7 +99,7 @@ def translate(argv: list[str]) -> None:
 
 
 def fda(argv: list[str]) -> None:
-    from adapt.translate import fda_checkpoint
+    from adapt.workflows.fda import fda_checkpoint
 
     parser = argparse.ArgumentParser(prog="adapt fda", description="Write a Fourier domain adaptation translator "
                                      "checkpoint, usable wherever a translator checkpoint is (no training).")
@@ -122,7 +122,7 @@ def fda(argv: list[str]) -> None:
 
 
 def tta(argv: list[str]) -> None:
-    from adapt.test_time import adapt_checkpoint
+    from adapt.workflows.tta import adapt_checkpoint
 
     parser = argparse.ArgumentParser(prog="adapt tta", description="Adapt F to target images at test time, "
                                      "without labels: AdaBN (BatchNorm statistics) or TENT (+ entropy).")
@@ -163,7 +163,7 @@ def data(argv: list[str]) -> None:
                        help="folder: a list in ROOT/splits/; gta5: a list file; cityscapes: train|val|test (val)")
     args = parser.parse_args(argv)
     if args.verb == "check":
-        from adapt.check import check_dataset, format_report
+        from adapt.data.check import check_dataset, format_report
         report = check_dataset(args.kind, args.root, args.split)
         print(format_report(report))
         if report["problems"]:

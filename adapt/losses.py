@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as nnf
 
+EPS = 1e-12  # probabilities below it count as 0 in log p
+
 
 def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
     """Least-squares GAN loss (Mao et al. 2017), CycleGAN's L_GAN: mean((scores - target)^2), target 1 for real,
@@ -76,11 +78,16 @@ def semantic_consistency_loss(logits: torch.Tensor, labels: torch.Tensor, ignore
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-def entropy_map(logits: torch.Tensor) -> torch.Tensor:
-    """MinEnt's per-pixel prediction entropy (Vu et al., ADVENT, CVPR 2019), in nats.
+def entropy(scores: torch.Tensor, dim: int = 1, logits: bool = True) -> torch.Tensor:
+    """Shannon entropy in nats of each distribution along ``dim``: the one entropy of the package (MinEnt's
+    per-pixel map, Vu et al., ADVENT, CVPR 2019; TENT's objective; the label-free validators).
 
-    logits float [B, C, H, W] -> float [B, H, W] in [0, log C]; minimizing its mean on target images sharpens
-    F's target predictions.
+    Args:
+        scores: logits (``logits=True``; softmax taken in float32 or better) or probabilities (``logits=False``;
+            0 log 0 counts as 0), e.g. float [B, C, H, W] with ``dim=1`` or [N, C] with ``dim=-1``.
+    Returns: ``scores`` without ``dim``, in [0, log C]; minimizing its mean on target images sharpens predictions.
     """
-    log_p = nnf.log_softmax(logits.float(), dim=1)
-    return -(log_p.exp() * log_p).sum(1)
+    if logits:
+        log_p = nnf.log_softmax(scores if scores.dtype == torch.float64 else scores.float(), dim=dim)
+        return -(log_p.exp() * log_p).sum(dim)
+    return -(scores * scores.clamp_min(EPS).log()).sum(dim)

@@ -1,4 +1,5 @@
-"""Segmentation metrics from one confusion matrix accumulated over a whole split (DDP-synced by summation).
+"""Metrics: the confusion matrix and calibration of a whole split, and label-free scores of predictions (all
+DDP-synced by summation). The protocols that turn images into logits are in ``adapt.inference``.
 
 mIoU is the macro mean of per-class IoU = TP / (TP + FP + FN) over the classes that occur in the labels or the
 predictions; a class absent from both has no IoU (NaN) and does not count. Ignore pixels (255) count nowhere.
@@ -13,6 +14,7 @@ from torch.nn import functional as nnf
 from torchmetrics import Metric
 
 from adapt.data.labels import IGNORE_INDEX
+from adapt.losses import entropy
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -54,10 +56,12 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
 
 def summarize(cm: torch.Tensor, class_names: list[str]) -> dict:
     """The metrics of a confusion matrix in percent: ``miou``, ``per_class_iou`` (name -> value or None),
-    ``pixel_accuracy``."""
-    iou = iou_per_class(cm)
+    ``pixel_accuracy``. A matrix with one row and column more than ``class_names`` counts void predictions in its
+    last column (``adapt evaluate --predictions``): they lower the true class's IoU and the accuracy; void has no
+    IoU of its own."""
+    iou = iou_per_class(cm)[: len(class_names)]
     pct = lambda v: None if math.isnan(v) else round(100 * v, 6)  # noqa: E731
-    return {"miou": pct(mean_iou(cm)),
+    return {"miou": pct(float(iou.nanmean())) if (~iou.isnan()).any() else None,
             "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
             "pixel_accuracy": pct(pixel_accuracy(cm))}
 
@@ -78,114 +82,6 @@ class ConfusionMatrix(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.cm
-
-
-def predict_padded(segmenter: torch.nn.Module, image: torch.Tensor, multiple: int = 32) -> torch.Tensor:
-    """Logits for a whole image of any size: pad right/bottom (replicate) to a multiple of ``multiple``, run,
-    crop back. float [B, 3, H, W] in [0, 1] -> float [B, C, H, W]."""
-    height, width = image.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
-        image = nnf.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-    return segmenter(image)[..., :height, :width]
-
-
-# -- evaluation protocols: how an image of any size becomes logits at its full resolution -----------------------
-
-PROTOCOL_MODES = ("full", "resize", "slide")
-
-
-def make_protocol(mode: str = "full", size: tuple[int, int] | None = None, window: tuple[int, int] | None = None,
-                  stride: tuple[int, int] | None = None) -> dict:
-    """A checked protocol dict, as written into every metrics.json:
-
-    - ``{"mode": "full"}``: the whole image, padded to a multiple of the output stride, logits cropped back;
-    - ``{"mode": "resize", "size": [H, W]}``: the input resized (bilinear) to ``size``, the logits resized back
-      (bilinear) to the label resolution before the argmax;
-    - ``{"mode": "slide", "window": [H, W], "stride": [H, W]}``: windows over the full-resolution image (the last
-      one aligned to the border; ``stride`` defaults to half the window), overlapping logits averaged.
-
-    A ``description`` in words is added. ValueError naming the option on a bad combination.
-    """
-    def pair(name: str, value) -> list[int]:
-        if value is None or len(value) != 2 or min(int(v) for v in value) < 1:
-            raise ValueError(f"protocol {mode}: --{name} needs two positive integers H W, got {value}")
-        return [int(v) for v in value]
-
-    extra = {k: v for k, v in (("size", size), ("window", window), ("stride", stride)) if v is not None}
-    allowed = {"full": set(), "resize": {"size"}, "slide": {"window", "stride"}}
-    if mode not in allowed:
-        raise ValueError(f"protocol {mode!r}: choose one of {', '.join(PROTOCOL_MODES)}")
-    if set(extra) - allowed[mode]:
-        raise ValueError(f"protocol {mode}: --{sorted(set(extra) - allowed[mode])[0]} does not apply "
-                         f"(resize takes --size; slide takes --window and --stride)")
-    if mode == "full":
-        return {"mode": "full", "description": "whole image at its own resolution, padded (replicate) to a "
-                                               "multiple of 32 and cropped back; labels at full resolution"}
-    if mode == "resize":
-        size = pair("size", size)
-        return {"mode": "resize", "size": size, "description": f"input resized (bilinear) to {size[0]}x{size[1]}, "
-                "logits resized (bilinear) back to the full label resolution before the argmax"}
-    window = pair("window", window)
-    stride = pair("stride", stride) if stride is not None else [max(w // 2, 1) for w in window]
-    if stride[0] > window[0] or stride[1] > window[1]:
-        raise ValueError(f"protocol slide: --stride {stride} larger than --window {window} leaves pixels unseen")
-    return {"mode": "slide", "window": window, "stride": stride,
-            "description": f"sliding {window[0]}x{window[1]} windows, stride {stride[0]}x{stride[1]}, over the "
-                           "full-resolution image (last window aligned to the border); overlapping logits averaged"}
-
-
-def predict_resize(segmenter: torch.nn.Module, image: torch.Tensor, size: tuple[int, int],
-                   multiple: int = 32) -> torch.Tensor:
-    """float [B, 3, H, W] -> logits float [B, C, H, W] computed at ``size`` = (h, w) (bilinear both ways)."""
-    height, width = image.shape[-2:]
-    size = (int(size[0]), int(size[1]))
-    if size != (height, width):
-        image = nnf.interpolate(image, size=size, mode="bilinear", align_corners=False)
-    logits = predict_padded(segmenter, image, multiple)
-    if size != (height, width):
-        logits = nnf.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-    return logits
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows of ``window`` every ``stride`` over ``length``, the last one ending at the border
-    (one window at 0 when ``window >= length``)."""
-    if window >= length:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
-
-
-def predict_slide(segmenter: torch.nn.Module, image: torch.Tensor, window: tuple[int, int],
-                  stride: tuple[int, int], multiple: int = 32) -> torch.Tensor:
-    """float [B, 3, H, W] -> logits float [B, C, H, W]: the sum of the (padded) logits of every window covering a
-    pixel divided by their count. A window larger than the image shrinks to the image."""
-    height, width = image.shape[-2:]
-    win_h, win_w = min(int(window[0]), height), min(int(window[1]), width)
-    total, count = None, image.new_zeros(1, 1, height, width)
-    for top in window_starts(height, win_h, int(stride[0])):
-        for left in window_starts(width, win_w, int(stride[1])):
-            logits = predict_padded(segmenter, image[..., top:top + win_h, left:left + win_w], multiple)
-            if total is None:
-                total = logits.new_zeros(*logits.shape[:2], height, width)
-            total[..., top:top + win_h, left:left + win_w] += logits
-            count[..., top:top + win_h, left:left + win_w] += 1
-    return total / count
-
-
-def predict(segmenter: torch.nn.Module, image: torch.Tensor, protocol: dict | None = None,
-            multiple: int = 32) -> torch.Tensor:
-    """Logits at the input's resolution under ``protocol`` (see ``make_protocol``; None = full).
-    float [B, 3, H, W] in [0, 1] -> float [B, C, H, W]."""
-    mode = (protocol or {}).get("mode", "full")
-    if mode == "full":
-        return predict_padded(segmenter, image, multiple)
-    if mode == "resize":
-        return predict_resize(segmenter, image, protocol["size"], multiple)
-    if mode == "slide":
-        return predict_slide(segmenter, image, protocol["window"], protocol["stride"], multiple)
-    raise ValueError(f"protocol {mode!r}: choose one of {', '.join(PROTOCOL_MODES)}")
 
 
 # -- calibration ---------------------------------------------------------------------------------------------
@@ -243,3 +139,95 @@ class Calibration(Metric):
                                 "edges": [round(i / self.num_bins, 6) for i in range(self.num_bins + 1)],
                                 "count": count.tolist(), "confidence": mean(self.conf_sum),
                                 "accuracy": mean(self.acc_sum)}}
+
+
+# -- label-free scores of predictions (unsupervised validators) ------------------------------------------------
+#
+# Scores of a segmenter's target predictions that need no target labels. They let a run choose a checkpoint without target labels (``--checkpoint.monitor=val/entropy``). All take softmax
+# probabilities ``p`` float [N, C] (pixels as rows) or [B, C, H, W]; natural logarithms (nats).
+#
+# - ``mean_entropy``: mean over pixels of H(p) = -sum_c p_c log p_c; lower is better (confident predictions).
+# - ``information_maximization``: mean entropy minus the entropy of the mean prediction (the diversity term);
+#   lower is better: confident per pixel, yet not all pixels in one class.
+# - ``soft_neighborhood_density`` (SND, Saito et al., ICCV 2021): pixels' probability vectors, L2-normalised; each
+#   pixel's similarities to the others (itself excluded), divided by ``temperature`` and turned into a
+#   distribution by softmax; SND is the mean entropy of those distributions; higher is better (dense neighbourhoods).
+
+# validator -> (logged name, "min" or "max": which value is better)
+VALIDATORS = {"entropy": ("val/entropy", "min"), "im": ("val/im", "min"), "snd": ("val/snd", "max")}
+
+
+def _entropy(rows: torch.Tensor) -> torch.Tensor:
+    """float [N, C] probabilities -> float [N], nats (``adapt.losses.entropy``)."""
+    return entropy(rows, dim=-1, logits=False)
+
+
+def _rows(probs: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] or [N, C] -> float [N, C]."""
+    return probs.movedim(1, -1).reshape(-1, probs.shape[1]) if probs.dim() == 4 else probs
+
+
+def mean_entropy(probs: torch.Tensor) -> float:
+    return _entropy(_rows(probs).double()).mean().item()
+
+
+def information_maximization(probs: torch.Tensor) -> float:
+    rows = _rows(probs).double()
+    return _entropy(rows).mean().item() - _entropy(rows.mean(0, keepdim=True)).item()
+
+
+def soft_neighborhood_density(probs: torch.Tensor, temperature: float = 0.05) -> float:
+    rows = nnf.normalize(_rows(probs).double(), dim=-1)
+    similarity = rows @ rows.T / temperature
+    similarity.fill_diagonal_(-math.inf)
+    return _entropy(similarity.softmax(-1)).mean().item()
+
+
+class Validators(Metric):
+    """The three validators over a whole validation set, DDP-synced.
+
+    Entropy and information maximization are exact over every pixel (sums of entropy and of probabilities, summed
+    over processes). SND compares pixels pairwise, so it uses ``pixels_per_image`` pixels of each image, drawn by
+    a generator seeded by the image's position in its process's stream (the same pixels every round).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, pixels_per_image: int = 64, temperature: float = 0.05,
+                 max_samples: int = 4096) -> None:
+        super().__init__()
+        self.pixels_per_image, self.temperature, self.max_samples = pixels_per_image, temperature, max_samples
+        self.add_state("entropy_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("prob_sum", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("samples", [], dist_reduce_fx="cat")
+        self.images = 0
+
+    def update(self, probs: torch.Tensor) -> None:
+        """probs: float [B, C, H, W], softmax over C."""
+        rows = _rows(probs.detach()).float()
+        self.entropy_sum += _entropy(rows).sum(dtype=torch.float64)
+        self.prob_sum += rows.sum(0, dtype=torch.float64)
+        self.pixels += rows.shape[0]
+        per_image = probs.shape[-2] * probs.shape[-1]
+        for i in range(probs.shape[0]):
+            g = torch.Generator().manual_seed(self.images)
+            self.images += 1
+            picks = torch.randperm(per_image, generator=g)[: self.pixels_per_image].to(rows.device)
+            self.samples.append(rows[i * per_image + picks])
+
+    def compute(self) -> dict[str, float]:
+        pixels = self.pixels.clamp_min(1)
+        mean_h = (self.entropy_sum / pixels).item()
+        marginal = (self.prob_sum / pixels)[None]
+        samples = self.samples if isinstance(self.samples, torch.Tensor) else (
+            torch.cat(self.samples) if self.samples else torch.zeros(0, len(self.prob_sum)))
+        if len(samples) > self.max_samples:
+            samples = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[
+                : self.max_samples].to(samples.device)]
+        snd = soft_neighborhood_density(samples, self.temperature) if len(samples) > 1 else math.nan
+        return {"entropy": mean_h, "im": mean_h - _entropy(marginal).item(), "snd": snd}
+
+    def reset(self) -> None:
+        super().reset()
+        self.images = 0

@@ -1,13 +1,11 @@
 """PNG reports of an evaluation: per-class IoU, confusion matrix, reliability diagram and example predictions.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, no display) and
-written atomically: a temporary name in the target folder, then ``os.replace``.
+written atomically (``adapt.checkpoints.atomic_write``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +13,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from adapt.checkpoints import atomic_write
 from adapt.data.labels import IGNORE_INDEX
 
 DPI = 110
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as a PNG at ``path`` atomically (``adapt.checkpoints.atomic_write``)."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the PNG the permissions of a plainly written file
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
 
 
 def plot_per_class_iou(metrics: dict, path: str | Path, palette: np.ndarray | None = None, title: str = "") -> Path:

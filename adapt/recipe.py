@@ -16,7 +16,7 @@ import yaml
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from adapt.nets.segmenter import ConfigError
+from adapt.errors import ConfigError
 
 TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only",
              "optimizer", "lr_scheduler"}

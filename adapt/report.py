@@ -1,29 +1,21 @@
-"""Reports: metrics.json (written atomically) and the tables printed for a person."""
+"""Reports: JSON files (written atomically), the tables printed for a person, mean ± std over seeds, and the
+checkpoint-selection report. The PNG reports are in ``adapt.plots``."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 from typing import Any
 
+from adapt.checkpoints import atomic_write
+from adapt.metrics import VALIDATORS
+
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically: a temporary file in the same folder, then a rename (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is for everyone who can read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON (indented, newline-terminated) atomically (``adapt.checkpoints.atomic_write``)."""
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def _fmt(value: float | None) -> str:
@@ -103,3 +95,44 @@ def plus_minus(stat: dict) -> str:
     if stat["mean"] is None:
         return "-"
     return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["std"] is not None else "")
+
+
+def selection_report(rounds: list[dict], label_metric: str = "val/miou") -> dict:
+    """Which validation round each label-free validator would choose, and its ``label_metric``.
+
+    ``rounds``: one dict per validation round with ``epoch``, ``step``, ``label_metric`` and the validators' logged
+    values (``adapt.metrics.VALIDATORS``). Returns ``{"rounds": n, "label_choice": {"epoch", "step", "miou"},
+    "last": {...}, "by": {validator: {"epoch", "step", "miou", "value", "below_label_choice"}}}``;
+    ``below_label_choice`` is the label-chosen mIoU minus the validator-chosen one (0: the validator found the best
+    round; the label choice is an oracle, not a method).
+    """
+    rounds = [r for r in rounds if r.get(label_metric) is not None and not math.isnan(r[label_metric])]
+    if not rounds:
+        raise ValueError(f"no validation round logged {label_metric}")
+
+    def pick(row: dict, value: str | None = None) -> dict:
+        out = {"epoch": int(row["epoch"]), "step": int(row["step"]), "miou": float(row[label_metric])}
+        return out if value is None else dict(out, value=float(row[value]))
+
+    best = max(rounds, key=lambda r: r[label_metric])
+    report = {"rounds": len(rounds), "label_choice": pick(best), "last": pick(rounds[-1]), "by": {}}
+    for name, (key, mode) in VALIDATORS.items():
+        scored = [r for r in rounds if r.get(key) is not None and not math.isnan(r[key])]
+        if scored:
+            sign = 1 if mode == "max" else -1
+            entry = pick(max(scored, key=lambda r: sign * r[key]), key)
+            entry["below_label_choice"] = report["label_choice"]["miou"] - entry["miou"]
+            report["by"][name] = entry
+    return report
+
+
+def selection_lines(report: dict) -> str:
+    """``selection_report`` as a few printable lines."""
+    label, last = report["label_choice"], report["last"]
+    lines = [f"checkpoint choice over {report['rounds']} validation rounds (target mIoU at the chosen round):",
+             f"  by target labels (oracle)  epoch {label['epoch']:>3}  {label['miou']:6.2f}",
+             f"  last                       epoch {last['epoch']:>3}  {last['miou']:6.2f}"]
+    for name, entry in report["by"].items():
+        lines.append(f"  by {name:<23} epoch {entry['epoch']:>3}  {entry['miou']:6.2f}  "
+                     f"({entry['below_label_choice']:.2f} below the label choice)")
+    return "\n".join(lines)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from adapt.data.augment import PRESETS, _geometry, _photometric, build_augment, seed_augment
-from adapt.data.labels import IGNORE_INDEX, DataError
+from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import DataError
 
 
 def blocks(height=96, width=128, seed=0, cell=16):

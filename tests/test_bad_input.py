@@ -149,7 +149,7 @@ def test_translator_of_other_domains_refused_for_training(tmp_path, tiny_pair, c
 
 def test_resume_without_a_checkpoint_and_debug_shows_the_traceback(tmp_path, tiny_pair, capsys):
     from adapt.cli import main
-    from adapt.data.labels import DataError
+    from adapt.errors import DataError
 
     recipe, run_dir = str(tiny_recipe(tmp_path, tiny_pair)), tmp_path / "run"
     code, _, err = adapt_main(capsys, "fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", "--resume")

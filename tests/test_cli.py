@@ -100,7 +100,7 @@ def test_data_synth_writes_two_folder_datasets(tmp_path):
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")))
 def test_every_shipped_recipe_parses(recipe, capsys, monkeypatch):
     """Every recipe resolves (keys, types, class paths) as LightningCLI reads it; experiments are checked too."""
-    from adapt.experiment import check_experiment
+    from adapt.workflows.experiment import check_experiment
     from adapt.recipe import load_yaml
     from conftest import adapt_main
 

@@ -84,9 +84,9 @@ def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segment
             assert torch.allclose(a, b, atol=1e-9)
     assert [p.name for p in (two.parents[1] / "pictures").iterdir()] == ["final.png"]  # rank 0 alone writes it
 
-    from adapt.tasks.translation import load_generator
+    from adapt.checkpoints import load_translator
 
-    generator = load_generator(two, "target-to-source")
+    generator = load_translator(two, "target-to-source")
     assert generator(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     resumed = _fit(tmp_path / "resumed", *[a for a in common if not a.startswith("--trainer.max_epochs")],
                    "--trainer.max_epochs=2", "--data.init_args.batch_size=4", f"--ckpt_path={two}")

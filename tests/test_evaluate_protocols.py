@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapt.metrics import (Calibration, calibration_bins, expected_calibration_error, make_protocol, predict,
-                           predict_padded, predict_resize, predict_slide, window_starts)
+from adapt.inference import make_protocol, predict, predict_padded, predict_resize, predict_slide, window_starts
+from adapt.metrics import Calibration, calibration_bins, expected_calibration_error
 from adapt.nets.segmenter import build_segmenter
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adapt.nets.fourier import FourierTranslator, fda_transfer, low_frequency_size
-from adapt.tasks.translation import load_generator
+from adapt.checkpoints import load_translator
 from conftest import adapt_main, run_adapt, tiny_datamodule
 
 
@@ -72,7 +72,7 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
                        "--output", str(ckpt))
     assert again[0] == 2 and "exists" in again[2]  # never overwrites
     stored = torch.load(ckpt, weights_only=True)
-    g_st, g_ts = load_generator(ckpt, "source-to-target"), load_generator(ckpt, "target-to-source")
+    g_st, g_ts = load_translator(ckpt, "source-to-target"), load_translator(ckpt, "target-to-source")
     assert torch.equal(g_st.bank, stored["target_bank"]) and torch.equal(g_ts.bank, stored["source_bank"])
     assert g_st.bank.shape == (4, 3, 32, 32) and not any(p.requires_grad for p in g_st.parameters())
 

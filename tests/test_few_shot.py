@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from adapt.data import DomainDataModule, FolderDataset
-from adapt.data.labels import DataError
+from adapt.errors import DataError
 from adapt.tasks import SegmentationTask
 
 

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from adapt.nets.segmenter import ConfigError
+from adapt.errors import ConfigError
 from adapt.tasks import SegmentationTask
 from conftest import tiny_datamodule
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from adapt.data.folder import FolderDataset
-from adapt.data.labels import IGNORE_INDEX, DataError
+from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import DataError
 
 
 def make_folder(root, names=("a", "b"), size=(20, 30), classes="ignore_index: 9\nclasses: [{id: 2, name: x}, {id: 5, name: y}]\n"):

@@ -11,7 +11,8 @@ from PIL import Image
 from adapt.data.cityscapes import (CITYSCAPES_CLASSES, CityscapesDataset, label_id_palette, label_id_to_train_index,
                                    write_tiny_cityscapes)
 from adapt.data.gta5 import GTA5Dataset, write_tiny_gta5
-from adapt.data.labels import IGNORE_INDEX, DataError
+from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import DataError
 
 # The standard 19-class map (Cordts et al. 2016), typed by hand: label id -> train id.
 STANDARD = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,

@@ -104,7 +104,7 @@ def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(tmp
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    from adapt.safety import atomic_save
+    from adapt.checkpoints import atomic_save
 
     path = tmp_path / "f.ckpt"
     atomic_save({"a": torch.ones(2)}, path)

@@ -11,7 +11,8 @@ import torch
 from adapt.data.augment import build_augment
 from adapt.data.folder import FolderDataset
 from adapt.data.sampling import EvenSampler, ShardedSampler, sample_seed
-from adapt.nets.segmenter import ConfigError, build_segmenter
+from adapt.errors import ConfigError
+from adapt.nets.segmenter import build_segmenter
 from conftest import tiny_datamodule
 
 

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX, label_id_to_train_index, write_tiny_cityscapes
-from adapt.score import score_predictions
+from adapt.workflows.score import score_predictions
 from conftest import adapt_main, run_adapt
 
 SIZE = (64, 128)

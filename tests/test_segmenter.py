@@ -3,8 +3,9 @@ import time
 import pytest
 import torch
 
-from adapt.metrics import predict_padded
-from adapt.nets.segmenter import ARCHS, ConfigError, build_segmenter
+from adapt.inference import predict_padded
+from adapt.nets.segmenter import ARCHS, build_segmenter
+from adapt.errors import ConfigError
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch import nn
 
-from adapt.self_training import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
+from adapt.tasks.mixing import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
                                  strong_photometric)
 from conftest import run_adapt
 from test_cli import tiny_recipe

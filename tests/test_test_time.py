@@ -10,8 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from adapt.data import FolderDataset
-from adapt.evaluate import load_segmentation_task
-from adapt.test_time import adabn, tent
+from adapt.checkpoints import load_segmenter
+from adapt.workflows.tta import adabn, tent
 from conftest import adapt_main, run_adapt
 
 
@@ -34,7 +34,7 @@ def _loader(tiny_pair, batch_size=4):
 
 
 def test_adabn_changes_only_batchnorm_buffers_to_the_target_statistics(segmenter_ckpt, tiny_pair):
-    segmenter = load_segmentation_task(segmenter_ckpt).segmenter
+    segmenter = load_segmenter(segmenter_ckpt)[0]
     before = {k: v.clone() for k, v in segmenter.state_dict().items()}
     inputs = []
     hook = segmenter.net.encoder.bn1.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
@@ -52,7 +52,7 @@ def test_adabn_changes_only_batchnorm_buffers_to_the_target_statistics(segmenter
 
 
 def test_tent_trains_only_batchnorm_and_lowers_entropy(segmenter_ckpt, tiny_pair):
-    segmenter = load_segmentation_task(segmenter_ckpt).segmenter
+    segmenter = load_segmenter(segmenter_ckpt)[0]
     before = {k: v.clone() for k, v in segmenter.state_dict().items()}
     torch.manual_seed(0)
     entropies = tent(segmenter, _loader(tiny_pair, batch_size=6), steps=12, lr=1e-2)

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from adapt.tasks import TranslationTask
-from adapt.tasks.translation import load_generator
+from adapt.checkpoints import load_translator
 from conftest import REPO, run_adapt, tiny_datamodule
 
 
@@ -132,7 +132,7 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
 
     # the T checkpoint drives `adapt translate` and loads as either generator
     t_ckpt = json.loads((out / "t" / "stage.json").read_text())["checkpoint"]
-    assert load_generator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    assert load_translator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     result = run_adapt("translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
                        "--input", str(tiny_pair / "source"), "--output", str(tmp_path / "translated"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,8 @@ from torch import nn
 
 from adapt.losses import (cycle_loss, discriminator_loss, identity_loss, lsgan_loss,
                           semantic_consistency_loss)
-from adapt.nets.translator import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights, translate_padded
+from adapt.nets.discriminator import ImagePool, PatchDiscriminator
+from adapt.nets.translator import ResnetGenerator, init_weights, translate_padded
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from adapt.validators import (Validators, information_maximization, mean_entropy, selection_report,
-                              soft_neighborhood_density)
+from adapt.metrics import Validators, information_maximization, mean_entropy, soft_neighborhood_density
+from adapt.report import selection_report
 from conftest import run_adapt
 from test_cli import tiny_recipe
 
@@ -64,17 +64,12 @@ def test_validators_metric_equals_the_functions_over_a_whole_set():
     assert metric.compute()["entropy"] == pytest.approx(mean_entropy(batches[0]), abs=1e-6)
 
 
-def test_selection_report_picks_each_validators_round(tmp_path):
+def test_selection_report_picks_each_validators_round():
     rows = [  # epoch, step, miou, entropy, im, snd
         (0, 9, 20.0, 0.9, -0.1, 3.0), (1, 19, 30.0, 0.5, -0.4, 3.5), (2, 29, 28.0, 0.4, -0.3, 3.2)]
-    path = tmp_path / "metrics.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", "step", "train/loss", "val/miou", "val/entropy", "val/im", "val/snd"])
-        for epoch, step, miou, h, im, snd in rows:
-            writer.writerow([epoch, step, 1.0, "", "", "", ""])  # a training row: no validation metrics
-            writer.writerow([epoch, step, "", miou, h, im, snd])
-    report = selection_report(path)
+    rounds = [{"epoch": e, "step": s, "val/miou": m, "val/entropy": h, "val/im": im, "val/snd": snd}
+              for e, s, m, h, im, snd in rows]
+    report = selection_report(rounds)
     assert report["rounds"] == 3 and report["label_choice"] == {"epoch": 1, "step": 19, "miou": 30.0}
     assert report["last"]["miou"] == 28.0
     assert report["by"]["entropy"]["epoch"] == 2 and report["by"]["entropy"]["below_label_choice"] == 2.0

@@ -13,7 +13,8 @@ from typing import Any
 import albumentations as A
 import cv2
 
-from adapt.data.labels import IGNORE_INDEX, DataError
+from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import DataError
 
 PRESETS = ("none", "weak", "strong")
 

@@ -20,7 +20,8 @@ from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 from PIL import Image
 
 from adapt.data.folder import ImageLabelDataset
-from adapt.data.labels import IGNORE_INDEX, ClassSet, DataError
+from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.errors import DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"

@@ -20,37 +20,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from adapt.data import synthetic
 from adapt.data.augment import build_augment, seed_augment
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset
-from adapt.data.folder import FolderDataset, ImageLabelDataset
-from adapt.data.gta5 import GTA5Dataset
-from adapt.data.labels import ClassSet, DataError
+from adapt.data.datasets import DatasetKind, dataset_classes, open_dataset
+from adapt.data.folder import ImageLabelDataset
+from adapt.data.labels import ClassSet
+from adapt.errors import DataError
 from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
-
-
-DatasetKind = Literal["folder", "gta5", "cityscapes"]
-
-
-def open_dataset(kind: str, root: str, split: str | None, labels: bool,
-                 transform: Callable | None = None) -> ImageLabelDataset:
-    """A dataset of one of the supported layouts.
-
-    Args:
-        kind: ``folder`` (``split``: a list in ``ROOT/splits/``), ``gta5`` (``split``: an optional list file of
-            stems) or ``cityscapes`` (``split``: ``train``, ``val`` or ``test``; ``val`` when None).
-    """
-    match kind:
-        case "folder":
-            return FolderDataset(root, split, labels=labels, transform=transform)
-        case "gta5":
-            return GTA5Dataset(root, labels=labels, transform=transform, list_file=split)
-        case "cityscapes":
-            return CityscapesDataset(root, split or "val", labels=labels, transform=transform)
-    raise DataError(f"dataset kind {kind!r}: choose folder, gta5 or cityscapes")
-
-
-def dataset_classes(kind: str, root: str) -> ClassSet:
-    """The class set of a dataset without listing its files."""
-    return ClassSet.from_yaml(Path(root) / "classes.yaml") if kind == "folder" else CITYSCAPES_CLASSES
 
 
 def seed_worker(worker_id: int) -> None:
@@ -183,6 +157,8 @@ class DomainDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
+        # Lightning has no public count of the batches done in the current epoch; fit_loop.epoch_loop.batch_progress
+        # is the loop's own record (pytorch-lightning 2.4 to 2.6). adapt reads Lightning's private state here only.
         return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state: dict) -> None:

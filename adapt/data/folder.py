@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adapt.data.augment import seed_augment
-from adapt.data.labels import ClassSet, DataError
+from adapt.data.labels import ClassSet
+from adapt.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from adapt.data.cityscapes import PairedDataset, label_id_palette, read_list_file
 from adapt.data.folder import IMAGE_SUFFIXES
-from adapt.data.labels import DataError
+from adapt.errors import DataError
 
 
 class GTA5Dataset(PairedDataset):

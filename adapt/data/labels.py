@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from adapt.errors import DataError
+
 IGNORE_INDEX = 255
-
-
-class DataError(ValueError):
-    """A dataset, class file or image that cannot be used; the message names the file and says what to do."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Networks: the segmenter F."""
+"""Networks: the segmenter F, the translator T (generator, discriminator, image pool, Fourier), sync BatchNorm."""
 
-from adapt.nets.segmenter import ConfigError, Segmenter, build_segmenter
+from adapt.nets.segmenter import Segmenter, build_segmenter
 
-__all__ = ["ConfigError", "Segmenter", "build_segmenter"]
+__all__ = ["Segmenter", "build_segmenter"]

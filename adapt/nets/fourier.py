@@ -6,19 +6,14 @@ phase carries its content. ``fda_transfer`` replaces the amplitudes in a centred
 
 ``FourierTranslator`` holds a bank of reference images and styles each input with one of them drawn at random; it is
 used wherever a CycleGAN generator is (``translator_checkpoint``, ``adapt evaluate --translator``,
-``adapt translate``) through a checkpoint written by ``adapt fda`` (see ``write_fda_checkpoint``).
+``adapt translate``) through a checkpoint written by ``adapt fda`` (``adapt.workflows.fda``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torch.nn import functional as nnf
-
-FDA_KIND = "fourier"  # the ``kind`` of an FDA translator checkpoint
-
 
 def low_frequency_size(height: int, width: int, beta: float) -> int:
     """Half-side ``b`` of the swapped square: frequencies ``-b..b`` on both axes (0: nothing is swapped)."""
@@ -87,22 +82,3 @@ def read_bank(dataset, count: int, size: tuple[int, int], seed: int = 0) -> torc
         image = nnf.interpolate(image, size=tuple(size), mode="area")
         images.append((image[0] * 255).round().to(torch.uint8))
     return torch.stack(images)
-
-
-def write_fda_checkpoint(path: str | Path, source_bank: torch.Tensor, target_bank: torch.Tensor, beta: float,
-                         record: dict) -> None:
-    """An FDA translator checkpoint: ``source-to-target`` styles with the target bank, ``target-to-source`` with the
-    source bank. Written to a temporary name first, then renamed (never a half-written file)."""
-    path = Path(path)
-    state = {"kind": FDA_KIND, "beta": beta, "source_bank": source_bank, "target_bank": target_bank,
-             "record": record}
-    from adapt.safety import atomic_save
-
-    atomic_save(state, path)
-
-
-def load_fourier(ckpt: dict, direction: str) -> FourierTranslator:
-    """The FourierTranslator of an FDA checkpoint dict for ``direction`` (``source-to-target`` or
-    ``target-to-source``), eval mode, frozen."""
-    bank = ckpt["target_bank"] if direction == "source-to-target" else ckpt["source_bank"]
-    return FourierTranslator(bank, ckpt["beta"]).eval().requires_grad_(False)

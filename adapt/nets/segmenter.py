@@ -16,12 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
+from adapt.errors import ConfigError
+
 ARCHS = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus, "fcn": None}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message names the setting and says what to do."""
 
 
 class FCN(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Literal
@@ -11,12 +12,14 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.nn import functional as nnf
 
+from adapt.checkpoints import domain_name, load_checkpoint, load_translator, require_kind, segmenter_state
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
-from adapt.metrics import Calibration, ConfusionMatrix, make_protocol, predict, summarize
-from adapt.nets.segmenter import ConfigError, build_segmenter, load_matching
+from adapt.errors import ConfigError
+from adapt.inference import make_protocol, predict
+from adapt.metrics import Calibration, ConfusionMatrix, Validators, summarize
+from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
-from adapt.validators import Validators
 
 
 class SegmentationTask(pl.LightningModule):
@@ -89,27 +92,32 @@ class SegmentationTask(pl.LightningModule):
         if stage == "fit" and self.hparams.init_from:  # a resumed run (--ckpt_path) overwrites these weights later
             self.init_from(self.hparams.init_from)
         if stage == "fit" and self.hparams.translator_checkpoint and self.train_translator is None:
-            from adapt.tasks.translation import domain_name, load_generator
-
             data = self.trainer.datamodule if self._trainer is not None else None
             source = {"source": domain_name(data.source_root)} if hasattr(data, "source_root") else None
-            self.__dict__["train_translator"] = load_generator(self.hparams.translator_checkpoint, "source-to-target",
-                                                               source)
+            self.__dict__["train_translator"] = load_translator(self.hparams.translator_checkpoint,
+                                                                "source-to-target", source)
 
     def init_from(self, checkpoint: str | Path) -> dict[str, list[str]]:
         """Load F's weights from another SegmentationTask checkpoint, classes matched by name (see ``init_from``)."""
-        from adapt.safety import load_checkpoint
-
         path = Path(checkpoint)
         ckpt = load_checkpoint(path, "model.init_args.init_from")
-        names = ckpt.get("hyper_parameters", {}).get("class_names")
-        if not names or "state_dict" not in ckpt:
-            raise ConfigError(f"model.init_args.init_from: {path} is not a segmenter (SegmentationTask) checkpoint")
-        state = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
-        match = load_matching(self.segmenter, state, list(names), self.class_names)
+        require_kind(ckpt, ("segmenter",), "model.init_args.init_from", path)
+        names = list(ckpt["hyper_parameters"]["class_names"])
+        match = load_matching(self.segmenter, segmenter_state(ckpt), names, self.class_names)
         rank_zero_info(f"init_from {path}: {len(match['shared'])} classes kept, new: {match['new'] or 'none'}, "
                        f"dropped: {match['dropped'] or 'none'}")
         return match
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, weights_only: bool = True) -> "SegmentationTask":
+        """The F of a segmenter checkpoint (of any task built on this one) as a SegmentationTask on the CPU, for
+        evaluation: its own arguments and weights, no encoder weights fetched."""
+        ckpt = load_checkpoint(path, "--checkpoint", weights_only, mmap=True)
+        require_kind(ckpt, ("segmenter",), "--checkpoint", path)
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "compile", "encoder_weights", "init_from"}
+        task = cls(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in names}, encoder_weights=None)
+        task.segmenter.load_state_dict(segmenter_state(ckpt))
+        return task
 
     def train(self, mode: bool = True):
         """Lightning's train/eval switch; a frozen encoder stays in eval mode (its BatchNorm statistics fixed)."""

@@ -8,10 +8,10 @@ import torch
 from torch.nn import functional as nnf
 
 from adapt.data.sampling import MIX, derive_seed, global_seed
-from adapt.losses import entropy_map
-from adapt.nets.segmenter import ConfigError
+from adapt.losses import entropy
+from adapt.errors import ConfigError
 from adapt.nets.translator import translate_padded
-from adapt.self_training import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_photometric
+from adapt.tasks.mixing import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_photometric
 from adapt.tasks.segmentation import SegmentationTask
 
 
@@ -105,9 +105,9 @@ class SelfTrainingTask(SegmentationTask):
         loss, value = loss_s + hp.lambda_target * loss_m, value_s + hp.lambda_target * value_m
         values = {"train/loss_source": value_s, "train/loss_mixed": value_m}  # global-batch values
         if hp.lambda_entropy > 0:
-            entropy = entropy_map(self.segmenter(x_t))
-            count = torch.tensor(entropy.numel(), device=entropy.device)
-            loss_e, values["train/entropy"] = self.global_batch_mean(entropy.sum(), count)
+            entropy_t = entropy(self.segmenter(x_t))
+            count = torch.tensor(entropy_t.numel(), device=entropy_t.device)
+            loss_e, values["train/entropy"] = self.global_batch_mean(entropy_t.sum(), count)
             loss, value = loss + hp.lambda_entropy * loss_e, value + hp.lambda_entropy * values["train/entropy"]
         self.log_dict(values, batch_size=x_s.shape[0])
         self.log("train/loss", value, prog_bar=True, batch_size=x_s.shape[0])

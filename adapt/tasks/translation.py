@@ -14,14 +14,15 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
 
+from adapt.checkpoints import atomic_write, domain_name, load_segmenter
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import POOL, decorrelate_processes, derive_seed, global_seed
+from adapt.errors import ConfigError
 from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
-from adapt.nets.fourier import FDA_KIND, FourierTranslator, load_fourier
-from adapt.nets.segmenter import ConfigError
-from adapt.nets.translator import ImagePool, PatchDiscriminator, ResnetGenerator, translate_padded
+from adapt.nets.discriminator import ImagePool, PatchDiscriminator
+from adapt.nets.translator import ResnetGenerator, translate_padded
 
 
 class TranslationTask(pl.LightningModule):
@@ -66,9 +67,8 @@ class TranslationTask(pl.LightningModule):
         self.automatic_optimization = False
         self.g_st, self.g_ts = ResnetGenerator(ngf, n_blocks), ResnetGenerator(ngf, n_blocks)
         self.d_s, self.d_t = PatchDiscriminator(ndf), PatchDiscriminator(ndf)
-        # pools draw from their own seeded RNGs, the same on every process (see query_pool)
-        rngs = [torch.Generator().manual_seed(derive_seed(POOL, global_seed(), i)) for i in range(2)]
-        self.pool_s, self.pool_t = ImagePool(pool_size, rngs[0]), ImagePool(pool_size, rngs[1])
+        # pools draw from their own RNGs, the same on every process (see query_pool), seeded in setup()
+        self.pool_s, self.pool_t = ImagePool(pool_size, torch.Generator()), ImagePool(pool_size, torch.Generator())
         for net in (self.g_st, self.g_ts, self.d_s, self.d_t):
             if channels_last:
                 net.to(memory_format=torch.channels_last)
@@ -78,20 +78,20 @@ class TranslationTask(pl.LightningModule):
         self._picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
+        for i, pool in enumerate((self.pool_s, self.pool_t)):  # a resumed run restores their states afterwards
+            pool.generator.manual_seed(derive_seed(POOL, global_seed(), i))
         if stage == "fit" and self.hparams.lambda_semantic > 0 and self.segmenter is None:
-            from adapt.evaluate import load_segmentation_task
-
-            task = load_segmentation_task(self.hparams.segmenter_checkpoint)
+            segmenter, hparams = load_segmenter(self.hparams.segmenter_checkpoint,
+                                                "model.init_args.segmenter_checkpoint")
             names = self.hparams.class_names
-            if names and list(names) != task.class_names:
-                raise ConfigError(f"model.init_args.segmenter_checkpoint: its classes {task.class_names} differ "
-                                  f"from the data's {list(names)}")
-            segmenter = task.segmenter.eval().requires_grad_(False)
-            self.__dict__["segmenter"] = segmenter  # not a submodule: not trained, not saved with T
+            if names and list(names) != list(hparams["class_names"]):
+                raise ConfigError(f"model.init_args.segmenter_checkpoint: its classes {list(hparams['class_names'])} "
+                                  f"differ from the data's {list(names)}")
+            self.__dict__["segmenter"] = segmenter.requires_grad_(False)  # not a submodule: not trained or saved
 
     def on_fit_start(self) -> None:
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+        wrapper = self.trainer.strategy.model  # torch's DistributedDataParallel under DDP
+        if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
             raise ConfigError("trainer.strategy: the translator updates generators and discriminators in separate "
                               "backward passes; use strategy: ddp_find_unused_parameters_true")
         decorrelate_processes(self.trainer.global_rank)
@@ -194,11 +194,8 @@ class TranslationTask(pl.LightningModule):
         self.train(training)
         grid = torch.cat(list(rows), dim=1)  # [3, rows * H, 4 * W]
         image = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}"
-        cv2.imwrite(str(tmp.with_suffix(".tmp.png")), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        tmp.with_suffix(".tmp.png").replace(folder / name)
-        return folder / name
+        png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+        return atomic_write(folder / name, lambda f: f.write(png))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["image_pools"] = {"s": self.pool_s.state_dict(), "t": self.pool_t.state_dict()}
@@ -210,45 +207,3 @@ class TranslationTask(pl.LightningModule):
         if "image_pools" in checkpoint:
             self.pool_s.load_state_dict(checkpoint["image_pools"]["s"])
             self.pool_t.load_state_dict(checkpoint["image_pools"]["t"])
-
-
-DIRECTIONS = {"source-to-target": "g_st", "target-to-source": "g_ts"}
-
-
-def domain_name(root: str | Path) -> str:
-    """What a translator checkpoint records of a domain: its folder's name (``day``, ``cityscapes``), which
-    survives moving the data."""
-    return Path(root).resolve().name
-
-
-def load_generator(checkpoint: str | Path, direction: str,
-                   domains: dict[str, str] | None = None) -> ResnetGenerator | FourierTranslator:
-    """One generator of a TranslationTask checkpoint (or the FourierTranslator of an ``adapt fda`` checkpoint), in
-    eval mode on the CPU, frozen.
-
-    Args:
-        direction: ``source-to-target`` (g_st) or ``target-to-source`` (g_ts).
-        domains: ``{"source" and / or "target": domain_name(root)}`` of the data T is used on: a ConfigError when
-            the checkpoint records other domains (T used on the wrong data, or the wrong way round).
-    """
-    from adapt.safety import load_checkpoint
-
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"--direction: {direction!r}; choose {' or '.join(DIRECTIONS)}")
-    path = Path(checkpoint)
-    ckpt = load_checkpoint(path, "translator checkpoint")
-    recorded = ckpt.get("domains") or ckpt.get("record", {}).get("domains") or {}
-    for side, name in (domains or {}).items():
-        if recorded.get(side) and name and recorded[side] != name:
-            raise ConfigError(f"translator checkpoint {path}: trained from {recorded.get('source')!r} to "
-                              f"{recorded.get('target')!r}, but this {side} domain is {name!r}; use a translator "
-                              "trained for these domains (and direction)")
-    if ckpt.get("kind") == FDA_KIND:  # a training-free Fourier translator (adapt fda)
-        return load_fourier(ckpt, direction)
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "ngf" not in hparams or "state_dict" not in ckpt:
-        raise ConfigError(f"{path} is not a translator (TranslationTask) checkpoint")
-    prefix = DIRECTIONS[direction] + "."
-    generator = ResnetGenerator(hparams["ngf"], hparams["n_blocks"])
-    generator.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
-    return generator.eval().requires_grad_(False)

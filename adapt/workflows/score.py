@@ -15,17 +15,17 @@ cityscapesscripts counts predictions of ignored label ids. One confusion matrix 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from adapt.data.cityscapes import label_id_to_train_index
-from adapt.data.datamodule import open_dataset
+from adapt.data.datasets import open_dataset
 from adapt.data.folder import read_label
-from adapt.data.labels import IGNORE_INDEX, ClassSet, DataError
-from adapt.metrics import confusion_matrix, iou_per_class, pixel_accuracy
+from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.errors import DataError
+from adapt.metrics import confusion_matrix, summarize
 from adapt.report import per_class_table, write_json
 
 ID_TYPES = ("label", "train")
@@ -67,16 +67,6 @@ def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
     return lut
 
 
-def summarize_with_void(cm: torch.Tensor, class_names: list[str]) -> dict:
-    """``adapt.metrics.summarize`` of an int64 [C+1, C+1] matrix whose last column counts void predictions (and
-    whose last row is empty): they lower the IoU of the true class and the pixel accuracy; void has no IoU."""
-    iou = iou_per_class(cm)[: len(class_names)]
-    pct = lambda v: None if math.isnan(v) else round(100 * v, 6)  # noqa: E731  (as in summarize)
-    return {"miou": pct(float(iou.nanmean())) if (~iou.isnan()).any() else None,
-            "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
-            "pixel_accuracy": pct(pixel_accuracy(cm))}
-
-
 def score_predictions(predictions: str | Path, root: str | Path, kind: str = "folder", split: str | None = None,
                       id_type: str = "label", out: str | Path | None = None, verbose: bool = True) -> dict:
     """Score the label PNGs in ``predictions`` against the labelled set ``root`` (``kind``, ``split`` as in
@@ -102,7 +92,7 @@ def score_predictions(predictions: str | Path, root: str | Path, kind: str = "fo
                             f"is {target.shape[1]}x{target.shape[0]}; write predictions at the label's resolution")
         cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes + 1)
     split = (split or "val") if kind == "cityscapes" else split
-    metrics = dict(summarize_with_void(cm, list(dataset.classes.names)), num_images=len(dataset),
+    metrics = dict(summarize(cm, list(dataset.classes.names)), num_images=len(dataset),
                    protocol={"mode": "predictions", "id_type": id_type}, predictions=str(pred_dir),
                    root=str(root), kind=kind, split=split)
     out = Path(out) if out is not None else pred_dir

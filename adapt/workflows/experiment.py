@@ -29,6 +29,7 @@ fit stage (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole ex
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import signal
@@ -37,17 +38,26 @@ import sys
 import time
 from pathlib import Path
 
-from adapt.evaluate import evaluate
-from adapt.nets.segmenter import ConfigError
+from adapt.workflows.evaluate import evaluate
+from adapt.workflows.fda import fda_checkpoint
+from adapt.workflows.tta import adapt_checkpoint
+from adapt.errors import ConfigError
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
 
 STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"},
               "fda": {"name", "fda"}}
-EVALUATE_KEYS = {"checkpoint", "root", "split", "translator", "batch_size", "kind"}
-TTA_KEYS = {"checkpoint", "root", "split", "method", "steps", "lr", "batch_size"}
-FDA_KEYS = {"source", "target", "beta", "count", "size", "source_split", "target_split", "source_kind",
-            "target_kind"}
+# the workflow each kind of stage calls, and the arguments the stage itself fills in (not the experiment file):
+# a stage's keys are the other arguments of that function, with the function's own defaults
+WORKFLOWS = {"evaluate": (evaluate, {"out", "verbose"}), "tta": (adapt_checkpoint, {"output"}),
+             "fda": (fda_checkpoint, {"output", "seed"})}  # FDA's references are drawn by the run's seed
+
+
+def stage_keys(kind: str) -> tuple[set[str], set[str]]:
+    """(every key, the required keys) of an evaluate, tta or fda stage, read from its workflow's signature."""
+    function, filled = WORKFLOWS[kind]
+    params = {n: p for n, p in inspect.signature(function).parameters.items() if n not in filled}
+    return set(params), {n for n, p in params.items() if p.default is inspect.Parameter.empty}
 
 
 def _substitute(value: str, names: dict[str, str], where: str) -> str:
@@ -80,16 +90,13 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
         if kind == "fit" and not Path(stage["fit"]).is_file():
             raise ConfigError(f"{path}: stage {name!r}: recipe {stage['fit']} not found (paths are relative to "
                               "the folder you run from)")
-        if kind == "evaluate" and (set(stage["evaluate"]) - EVALUATE_KEYS or "checkpoint" not in stage["evaluate"]
-                                   or "root" not in stage["evaluate"]):
-            raise ConfigError(f"{path}: stage {name!r}: evaluate takes checkpoint, root and optionally "
-                              f"{sorted(EVALUATE_KEYS - {'checkpoint', 'root'})}")
-        if kind == "tta" and (set(stage["tta"]) - TTA_KEYS or {"checkpoint", "root", "method"} - set(stage["tta"])):
-            raise ConfigError(f"{path}: stage {name!r}: tta takes checkpoint, root, method and optionally "
-                              f"{sorted(TTA_KEYS - {'checkpoint', 'root', 'method'})}")
-        if kind == "fda" and (set(stage["fda"]) - FDA_KEYS or {"source", "target"} - set(stage["fda"])):
-            raise ConfigError(f"{path}: stage {name!r}: fda takes source, target and optionally "
-                              f"{sorted(FDA_KEYS - {'source', 'target'})}")
+        if kind in WORKFLOWS:
+            spec = stage[kind] if isinstance(stage[kind], dict) else {}
+            keys, required = stage_keys(kind)
+            if set(spec) - keys or required - set(spec):
+                raise ConfigError(f"{path}: stage {name!r}: {kind} takes {', '.join(sorted(required))} and "
+                                  f"optionally {', '.join(sorted(keys - required))}"
+                                  f"{f' (unknown: {sorted(set(spec) - keys)})' if set(spec) - keys else ''}")
     return doc["stages"]
 
 
@@ -130,36 +137,16 @@ def _fit(stage: dict, stage_dir: Path, names: dict, where: str, extra: list[str]
     return {"checkpoint": str(checkpoint)}
 
 
-def _tta(spec: dict, stage_dir: Path, name: str) -> dict:
-    from adapt.test_time import adapt_checkpoint
-
-    print(f"== {name}: tta ({spec['method']}) of {spec['checkpoint']} on {spec['root']}", flush=True)
-    output = stage_dir / "adapted.ckpt"
+def _workflow(kind: str, spec: dict, stage_dir: Path, name: str, seed: int) -> dict:
+    """Run an evaluate, tta or fda stage: its workflow with the stage's keys (defaults: the function's own)."""
+    print(f"== {name}: {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
+    if kind == "evaluate":
+        return {"metrics": evaluate(**spec, out=stage_dir)}
+    output = stage_dir / ("adapted.ckpt" if kind == "tta" else "fda.ckpt")
     if not output.is_file():  # written atomically: present means complete (the stage stopped before stage.json)
-        adapt_checkpoint(spec["checkpoint"], spec["root"], output, spec["method"], spec.get("split"),
-                         steps=spec.get("steps", 50), lr=spec.get("lr", 1e-3),
-                         batch_size=spec.get("batch_size", 8))
+        function, filled = WORKFLOWS[kind]
+        function(**spec, output=output, **({"seed": seed} if "seed" in filled else {}))
     return {"checkpoint": str(output)}
-
-
-def _fda(spec: dict, stage_dir: Path, name: str, seed: int) -> dict:
-    from adapt.translate import fda_checkpoint
-
-    print(f"== {name}: fda translator, {spec['source']} <-> {spec['target']}", flush=True)
-    output = stage_dir / "fda.ckpt"
-    if not output.is_file():  # written atomically: present means complete
-        fda_checkpoint(output, spec["source"], spec["target"], spec.get("beta", 0.01), spec.get("count", 32),
-                       tuple(spec.get("size", (256, 512))), spec.get("source_kind", "folder"),
-                       spec.get("target_kind", "folder"), spec.get("source_split"), spec.get("target_split"), seed)
-    return {"checkpoint": str(output)}
-
-
-def _evaluate(spec: dict, stage_dir: Path, name: str) -> dict:
-    print(f"== {name}: evaluate {spec['checkpoint']}"
-          f"{' through ' + spec['translator'] if spec.get('translator') else ''} on {spec['root']}", flush=True)
-    return {"metrics": evaluate(spec["checkpoint"], spec["root"], spec.get("split"), stage_dir,
-                                batch_size=spec.get("batch_size", 4), translator=spec.get("translator"),
-                                kind=spec.get("kind", "folder"))}
 
 
 def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
@@ -182,14 +169,11 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
             if "fit" in stage:
                 record = _fit(stage, stage_dir, names, where, extra)
             else:
-                kind = next(k for k in ("tta", "fda", "evaluate") if k in stage)
+                kind = next(k for k in WORKFLOWS if k in stage)
                 spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
                         for k, v in stage[kind].items()}
-                if kind == "fda":  # the references are drawn by the run's seed (--seeds)
-                    seed = next((int(a.split("=", 1)[1]) for a in extra or [] if a.startswith("--seed_everything=")), 0)
-                    record = _fda(spec, stage_dir, name, seed)
-                else:
-                    record = _tta(spec, stage_dir, name) if kind == "tta" else _evaluate(spec, stage_dir, name)
+                seed = next((int(a.split("=", 1)[1]) for a in extra or [] if a.startswith("--seed_everything=")), 0)
+                record = _workflow(kind, spec, stage_dir, name, seed)
             record["seconds"] = round(time.perf_counter() - start, 1)
             write_json(marker, record)
         if "checkpoint" in record:
@@ -245,3 +229,26 @@ def run_main(argv: list[str]) -> dict:
             raise ConfigError("adapt run: give either --seeds or --seed_everything, not both")
         return run_seeds(args.experiment, args.seeds, args.out, extra)
     return run_experiment(args.experiment, args.out, extra)
+
+
+def demo_main(argv: list[str]) -> dict:
+    """``adapt demo``: ``adapt run recipes/demo/demo.yaml``, then source vs target mIoU and their gap per run."""
+    parser = argparse.ArgumentParser(prog="adapt demo", description="Train F source-only and with domain "
+                                     "randomization on the embedded synthetic pair and compare them on both domains.")
+    parser.add_argument("--out", default=None, help="everything the demo writes goes here (default: runs/demo)")
+    parser.add_argument("--experiment", default="recipes/demo/demo.yaml", help="the demo's experiment file")
+    parser.add_argument("--max_epochs", type=int, default=None, help="override the recipes' trainer.max_epochs")
+    args = parser.parse_args(argv)
+    if not Path(args.experiment).is_file():
+        raise ConfigError(f"--experiment: {args.experiment} not found; run from the repository root or give "
+                          "--experiment PATH")
+    extra = [] if args.max_epochs is None else [f"--trainer.max_epochs={args.max_epochs}"]
+    summary = run_experiment(args.experiment, args.out, extra)
+    runs = dict.fromkeys(name.rpartition(".")[0] for name in summary if "." in name)
+    rows = {run: {"source val mIoU": summary[f"{run}.source_val"]["miou"],
+                  "target val mIoU": summary[f"{run}.target_val"]["miou"],
+                  "gap": summary[f"{run}.source_val"]["miou"] - summary[f"{run}.target_val"]["miou"]}
+            for run in runs if f"{run}.source_val" in summary and f"{run}.target_val" in summary}
+    print("\n== demo: mIoU % over the 10 synthetic classes (held-back val splits of each domain)")
+    print(comparison_table(rows))
+    return summary

@@ -20,14 +20,12 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from adapt.data.datamodule import open_dataset
-from adapt.nets.segmenter import ConfigError, Segmenter
-from adapt.safety import atomic_save, load_checkpoint
-
-
-def _crop(x: torch.Tensor, stride: int = Segmenter.output_stride) -> torch.Tensor:
-    """float [B, 3, H, W] -> float [B, 3, H', W'], the top-left crop to multiples of ``stride``."""
-    return x[..., : x.shape[-2] // stride * stride, : x.shape[-1] // stride * stride]
+from adapt.data.datasets import open_dataset
+from adapt.errors import ConfigError
+from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
+from adapt.inference import crop_to_multiple
+from adapt.losses import entropy
+from adapt.nets.segmenter import Segmenter
 
 
 def batchnorms(segmenter: torch.nn.Module) -> list[_BatchNorm]:
@@ -57,7 +55,7 @@ def adabn(segmenter: torch.nn.Module, loader: DataLoader) -> None:
         layer.momentum = None
     device = next(segmenter.parameters()).device
     for batch in loader:
-        segmenter(_crop(batch["image"].to(device)))
+        segmenter(crop_to_multiple(batch["image"].to(device), Segmenter.output_stride))
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     segmenter.eval()
@@ -78,12 +76,12 @@ def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float =
     device, entropies = next(segmenter.parameters()).device, []
     while len(entropies) < steps:
         for batch in loader:
-            logits = segmenter(_crop(batch["image"].to(device)))
-            entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+            logits = segmenter(crop_to_multiple(batch["image"].to(device), Segmenter.output_stride))
+            mean_entropy = entropy(logits).mean()
             optimizer.zero_grad()
-            entropy.backward()
+            mean_entropy.backward()
             optimizer.step()
-            entropies.append(float(entropy.detach()))
+            entropies.append(float(mean_entropy.detach()))
             if len(entropies) == steps:
                 break
     for p, flag in zip(segmenter.parameters(), trainable):
@@ -98,8 +96,6 @@ def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Pat
                      device: str = "cpu", weights_only: bool = True) -> dict:
     """Adapt the F of ``checkpoint`` to the (unlabelled) images of ``root`` and write ``output``; returns the
     record stored in it under ``test_time_adaptation`` (method, data, steps, entropies for TENT)."""
-    from adapt.evaluate import load_segmentation_task
-
     if method not in ("adabn", "tent"):
         raise ConfigError(f"--method: {method!r}; choose adabn or tent")
     if steps < 1 or batch_size < 2:
@@ -107,11 +103,11 @@ def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Pat
     output = Path(output)
     if output.exists():
         raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
-    task = load_segmentation_task(checkpoint, weights_only)
+    segmenter, _ = load_segmenter(checkpoint, "--checkpoint", weights_only)
     dataset = open_dataset(kind, str(root), split, labels=False)
     torch.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
-    segmenter = task.segmenter.to(device)
+    segmenter = segmenter.to(device)
     record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
               "checkpoint": str(checkpoint)}
     if method == "adabn":

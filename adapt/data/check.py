@@ -25,7 +25,8 @@ from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, IMAGE_SUFFIX, LABEL_SUFFIX, read_list_file
 from adapt.data.folder import IMAGE_SUFFIXES, read_image, read_label
-from adapt.data.labels import IGNORE_INDEX, ClassSet, DataError
+from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.errors import DataError
 
 PROBLEMS = {
     "missing_image": "listed but no image",

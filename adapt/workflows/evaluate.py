@@ -1,46 +1,25 @@
 """Evaluate a trained segmenter checkpoint on labelled target sets: metrics.json and PNG reports per set.
 
-Under an explicit protocol (``adapt.metrics.make_protocol``: full, resize or slide, written into every report),
+Under an explicit protocol (``adapt.inference.make_protocol``: full, resize or slide, written into every report),
 one confusion matrix and one set of calibration bins over the whole split give mIoU, per-class IoU, pixel accuracy
 and ECE; ``adapt.plots`` draws per_class_iou.png, confusion_matrix.png, reliability.png and examples.png.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from adapt.data.datamodule import open_dataset
+from adapt.checkpoints import domain_name, load_translator
+from adapt.data.datasets import open_dataset
 from adapt.data.folder import ImageLabelDataset
-from adapt.data.labels import DataError
-from adapt.metrics import make_protocol
-from adapt.nets.segmenter import ConfigError
+from adapt.errors import ConfigError, DataError
+from adapt.inference import make_protocol
+from adapt.plots import write_plots
 from adapt.report import comparison_table, per_class_table, worst_classes_line, write_json
 from adapt.tasks.segmentation import SegmentationTask
-from adapt.tasks.translation import domain_name, load_generator
-
-
-def load_segmentation_task(checkpoint: str | Path, weights_only: bool = True) -> SegmentationTask:
-    """The SegmentationTask of a checkpoint, on the CPU, without fetching encoder weights again (``weights_only``:
-    see ``adapt.safety.load_checkpoint``)."""
-    from adapt.safety import load_checkpoint
-
-    path = Path(checkpoint)
-    head = load_checkpoint(path, "--checkpoint", weights_only, mmap=True)
-    hparams = head.get("hyper_parameters", {})
-    if "state_dict" not in head or "class_names" not in hparams or "arch" not in hparams:
-        kind = "a translator (TranslationTask)" if "ngf" in hparams or head.get("kind") else "not a segmenter"
-        raise ConfigError(f"--checkpoint: {path} is {kind} checkpoint; give an F checkpoint (adapt fit of a "
-                          "segmentation or self-training recipe)")
-    # F of any task built on SegmentationTask (SelfTrainingTask's student, say): its own arguments and weights
-    names = set(inspect.signature(SegmentationTask.__init__).parameters) - {"compile", "encoder_weights"}
-    task = SegmentationTask(**{k: v for k, v in hparams.items() if k in names}, encoder_weights=None)
-    own = task.state_dict()
-    task.load_state_dict({k: v for k, v in head["state_dict"].items() if k in own})
-    return task
 
 
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,
@@ -49,8 +28,8 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
              num_examples: int = 6, plots: bool = True, weights_only: bool = True) -> dict:
     """Score ``checkpoint`` on the labelled dataset ``root`` (one confusion matrix over the split); with
     ``translator`` (a TranslationTask checkpoint) score F(g_ts(x_t)) instead of F(x_t). ``kind``: the dataset
-    layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datamodule.open_dataset``). ``protocol``: a
-    ``make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports next to metrics.json, with
+    layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datasets.open_dataset``). ``protocol``: a
+    ``adapt.inference.make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports next to metrics.json, with
     the first ``num_examples`` samples in examples.png.
 
     Returns the metrics dict written to ``out/metrics.json``: ``miou``, ``per_class_iou`` (class -> percent or
@@ -112,10 +91,10 @@ def _root_names(roots: list[str], splits: list[str | None]) -> list[str]:
 
 def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None, roots: list,
           weights_only: bool = True) -> SegmentationTask:
-    task = load_segmentation_task(checkpoint, weights_only)
+    task = SegmentationTask.from_checkpoint(checkpoint, weights_only)
     if translator is not None:  # T must have been trained towards the sets it maps back to source style
         for root in roots:
-            generator = load_generator(translator, "target-to-source", {"target": domain_name(root)})
+            generator = load_translator(translator, "target-to-source", {"target": domain_name(root)})
         task.set_eval_translator(generator)
     task.set_eval_protocol(protocol or make_protocol("full"))
     return task
@@ -144,8 +123,6 @@ def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: Image
     write_json(out / "metrics.json", metrics)
     title = f"{Path(root).name}{f' [{split}]' if split else ''}"
     if plots:
-        from adapt.plots import write_plots
-
         write_plots(out, metrics, task.class_names, dataset.classes.palette(), task.examples,
                     f"{title}, {task.eval_protocol['mode']}")
     task.examples = []

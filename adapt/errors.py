@@ -1,0 +1,16 @@
+"""The errors adapt raises for its users: each message names the setting or file and says what to do.
+
+This module imports nothing, so any layer can raise them and the CLI can catch them without importing the rest.
+"""
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (a recipe key, a command-line option, a checkpoint of the wrong kind)."""
+
+
+class DataError(ValueError):
+    """A dataset, class file or image that cannot be used."""
+
+
+class TrainingStopped(RuntimeError):
+    """A run stopped on purpose (a non-finite loss); the message says where and what is left."""

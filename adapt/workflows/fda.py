@@ -1,0 +1,46 @@
+"""``adapt fda``: a training-free Fourier translator checkpoint (FDA, Yang & Soatto 2020): reference images of
+both domains, usable wherever a translator checkpoint is (``adapt.checkpoints.load_translator``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapt.checkpoints import FDA_KIND, atomic_save, domain_name
+from adapt.data.datasets import open_dataset
+from adapt.errors import ConfigError
+from adapt.nets.fourier import read_bank
+
+
+def fda_checkpoint(output: str | Path, source: str, target: str, beta: float = 0.01, count: int = 32,
+                   size: tuple[int, int] = (256, 512), source_kind: str = "folder", target_kind: str = "folder",
+                   source_split: str | None = None, target_split: str | None = None, seed: int = 0) -> dict:
+    """Write an FDA translator checkpoint to ``output`` (a new file): ``count`` images of each domain, drawn by
+    ``seed`` and resized to ``size``, as the reference banks (labels are not read). Returns its record.
+
+    Args:
+        output: the translator .ckpt (a new file).
+        source: source-domain images (a dataset root of ``source_kind``; labels are not read).
+        target: target-domain images (a dataset root of ``target_kind``).
+        beta: the low-frequency share swapped (FDA's beta).
+        count: reference images kept per domain.
+        size: (height, width) the references are stored at (resized to each image when used).
+        source_kind: layout of ``source``: folder, gta5 or cityscapes; ``target_kind`` likewise.
+        source_split: split of ``source`` (see ``open_dataset``); ``target_split`` likewise.
+        seed: which references are drawn.
+    """
+    output = Path(output)
+    if output.exists():
+        raise ConfigError(f"--output: {output} exists; give a new file name (nothing is overwritten)")
+    if not 0 <= beta < 0.5 or count < 1 or min(size) < 8:
+        raise ConfigError(f"--beta {beta} must lie in [0, 0.5), --count {count} be >= 1 and --size {size} >= 8 8")
+    banks = {name: read_bank(open_dataset(kind, root, split, labels=False), count, size, seed)
+             for name, kind, root, split in (("source", source_kind, source, source_split),
+                                             ("target", target_kind, target, target_split))}
+    record = {"beta": beta, "size": list(size), "seed": seed, "source_root": str(source),
+              "target_root": str(target), "source_split": source_split, "target_split": target_split,
+              "source_images": len(banks["source"]), "target_images": len(banks["target"]),
+              "domains": {"source": domain_name(source), "target": domain_name(target)}}
+    # source-to-target styles with the target bank, target-to-source with the source bank (load_translator)
+    atomic_save({"kind": FDA_KIND, "beta": beta, "source_bank": banks["source"], "target_bank": banks["target"],
+                 "record": record}, output)
+    return record
