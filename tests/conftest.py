@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny synthetic domain pair written once per test session, and a CLI runner."""
+"""Shared fixtures: a tiny synthetic domain pair, one finished `adapt fit` run and one F checkpoint, each made once
+per test session, and the two ways of running the CLI (a subprocess, or `main` in this process).
+
+Marks: ``slow`` for tests that train several times or start several processes (DDP, interruption and resume,
+experiments); ``python -m pytest -m "not slow"`` is the quick suite for working on the code."""
 
 from __future__ import annotations
 
@@ -71,3 +75,21 @@ def segmenter_ckpt(tiny_pair, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("f") / "f.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fit_run(tiny_pair, tmp_path_factory) -> Path:
+    """One finished run of the real `adapt fit` command on the tiny pair, shared by the tests that read what a fit
+    writes: FPN, 3 epochs of 2 steps, validation every epoch, and besides last.ckpt the checkpoint the entropy
+    validator chooses (``best-entropy.ckpt``). Returns the run folder (its ``trainer.default_root_dir``)."""
+    from test_cli import tiny_recipe
+
+    folder = tmp_path_factory.mktemp("fit_run")
+    run_dir = folder / "run"
+    fit = run_adapt("fit", "--config", str(tiny_recipe(folder, tiny_pair)), f"--trainer.default_root_dir={run_dir}",
+                    "--model.init_args.arch=fpn", "--trainer.max_steps=-1", "--trainer.max_epochs=3",
+                    "--trainer.limit_train_batches=2", "--checkpoint.monitor=val/entropy", "--checkpoint.mode=min",
+                    "--checkpoint.save_top_k=1", "--checkpoint.filename=best-entropy")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (run_dir / "stdout.txt").write_text(fit.stdout)
+    return run_dir

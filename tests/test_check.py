@@ -1,5 +1,7 @@
 """`adapt data check`: every problem kind, in each layout, reported by name with a non-zero exit; clean trees pass."""
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -109,7 +111,23 @@ def test_clean_trees_pass_and_print_frequencies(kind, tmp_path, capsys):
     code, out, err = adapt_main(capsys, "data", "check", kind, str(tmp_path))
     assert code == 0, out + err
     assert "no problems found" in out and "class pixel frequencies" in out
-    assert ("road" in out) and ("sky" in out)
+    # the printed percentage of each class, recomputed from the label files written above
+    if kind == "folder":
+        label_files, ids = sorted((tmp_path / "labels").glob("*.png")), {"sky": 1, "road": 2, "car": 3}
+    else:
+        from adapt.data.cityscapes import CITYSCAPES_CLASSES
+
+        label_files = sorted(tmp_path.glob("labels/*.png" if kind == "gta5" else f"gtFine/val/*/*{LABEL_SUFFIX}"))
+        ids = dict(zip(CITYSCAPES_CLASSES.names, CITYSCAPES_CLASSES.ids))
+    assert label_files
+    values = np.concatenate([np.asarray(Image.open(p)).ravel() for p in label_files])
+    labelled = np.isin(values, list(ids.values())).sum()
+    assert labelled > 0
+    for name in ("road", "sky"):
+        lines = re.findall(rf"^  {name} +(\d+\.\d\d)$", out, flags=re.MULTILINE)
+        assert len(lines) == 1, out  # one frequency line for the class, its value with two decimals
+        expected = 100 * (values == ids[name]).sum() / labelled
+        assert abs(float(lines[0]) - expected) <= 0.005 + 1e-9, (name, lines[0], expected)
 
 
 def test_frequencies_split_and_examples(tmp_path):

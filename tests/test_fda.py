@@ -60,6 +60,7 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
                                                                          capsys):
     import pytorch_lightning as pl
 
+    from adapt.data import FolderDataset
     from adapt.tasks import SegmentationTask
 
     ckpt = tmp_path / "fda.ckpt"
@@ -88,4 +89,8 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
                        str(tiny_pair / "target"), "--split", "val", "--out", str(tmp_path / "eval"), "--no-plots")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["translator"] == str(ckpt) and metrics["miou"] is not None
+    assert metrics["translator"] == str(ckpt) and metrics["checkpoint"] == str(segmenter_ckpt)
+    assert isinstance(metrics["miou"], float) and 0 <= metrics["miou"] <= 100
+    defined = [v for v in metrics["per_class_iou"].values() if v is not None]
+    assert defined and abs(metrics["miou"] - sum(defined) / len(defined)) < 1e-4  # macro mean of the classes
+    assert metrics["num_images"] == len(FolderDataset(tiny_pair / "target", split="val"))

@@ -109,7 +109,14 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
     ev = run_adapt("evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"), "--split", "val",
                    "--out", str(out), "--no-plots")
     assert ev.returncode == 0, ev.stderr[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["miou"] is not None
+    from adapt.data import FolderDataset
+
+    scores = json.loads((out / "metrics.json").read_text())
+    assert isinstance(scores["miou"], float) and 0 <= scores["miou"] <= 100
+    defined = [v for v in scores["per_class_iou"].values() if v is not None]
+    assert defined and abs(scores["miou"] - sum(defined) / len(defined)) < 1e-4  # macro mean of the classes
+    assert scores["num_images"] == len(FolderDataset(tiny_pair / "target", split="val"))
+    assert scores["checkpoint"] == str(ckpt_path)
 
 
 def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair):

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from adapt.data import FolderDataset
 from adapt.checkpoints import load_segmenter
+from adapt.errors import DataError
 from adapt.workflows.tta import adabn, tent
 from conftest import adapt_main, run_adapt
 
@@ -77,7 +78,12 @@ def test_adapt_tta_writes_an_evaluable_checkpoint(segmenter_ckpt, tiny_pair, tmp
     result = run_adapt("evaluate", "--checkpoint", str(out), "--root", str(tiny_pair / "target"), "--split", "val",
                        "--out", str(tmp_path / "eval"), "--no-plots")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] is not None
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert isinstance(metrics["miou"], float) and 0 <= metrics["miou"] <= 100
+    defined = [v for v in metrics["per_class_iou"].values() if v is not None]
+    assert defined and abs(metrics["miou"] - sum(defined) / len(defined)) < 1e-4  # macro mean of the classes
+    assert metrics["num_images"] == len(FolderDataset(tiny_pair / "target", "val")) and metrics["split"] == "val"
+    assert metrics["checkpoint"] == str(out)  # the adapted F was scored, not the original
 
 
 @pytest.mark.parametrize("args, message", [(["--method", "tent", "--steps", "0"], "--steps"),
@@ -104,5 +110,6 @@ def test_unlabelled_images_need_no_labels_or_class_file(segmenter_ckpt, tiny_pai
     dm = DomainDataModule(source_root=str(tiny_pair / "source"), target_root=str(images.parent),
                           val_root=str(tiny_pair / "target"), val_split="val", batch_size=2)
     assert dm.class_names == list(FolderDataset(tiny_pair / "source").classes.names)
-    with pytest.raises(Exception, match="classes.yaml"):  # labelled evaluation still needs the class list
+    # labelled evaluation still needs the class list
+    with pytest.raises(DataError, match=r"classes\.yaml: class file not found; a folder dataset needs classes\.yaml"):
         FolderDataset(images.parent, labels=True)

@@ -145,7 +145,24 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     assert not torch.equal(translated[0]["image"], original[0]["image"])
     wrong = run_adapt("evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
     assert wrong.returncode != 0 and "is a translator" in wrong.stderr
-    assert f_ckpt
+
+    # the F stage's checkpoint: the fit's last.ckpt, an F (segmenter) checkpoint, and what both evaluate stages scored
+    from adapt.checkpoints import checkpoint_kind, load_checkpoint
+
+    f_last = out / "f" / "checkpoints" / "last.ckpt"
+    assert f_ckpt == str(f_last) and f_last.is_file()
+    f_loaded = load_checkpoint(f_ckpt)
+    assert checkpoint_kind(f_loaded) == "segmenter"
+    assert summary["translated"]["translator"] == t_ckpt
+    target_val = len(FolderDataset(tiny_pair / "target", split="val"))
+    for name in ("plain", "translated"):
+        metrics = summary[name]
+        assert metrics["checkpoint"] == f_ckpt and metrics["split"] == "val" and metrics["num_images"] == target_val
+        assert list(metrics["per_class_iou"]) == list(f_loaded["hyper_parameters"]["class_names"])
+        for key in ("miou", "pixel_accuracy"):
+            assert isinstance(metrics[key], float) and 0 <= metrics[key] <= 100, (name, key, metrics[key])
+        defined = [v for v in metrics["per_class_iou"].values() if v is not None]
+        assert defined and abs(metrics["miou"] - sum(defined) / len(defined)) < 1e-4  # macro mean of the classes
 
 
 def test_logged_losses_equal_a_hand_computation(tiny_pair, tmp_path):

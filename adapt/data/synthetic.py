@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 import yaml
 
+from adapt.data.labels import IGNORE_INDEX
+
 CLASS_NAMES: tuple[str, ...] = ("road", "sidewalk", "building", "sky", "vegetation", "terrain", "car", "person",
                                 "pole", "sign")
-IGNORE_INDEX = 255
 ROAD, SIDEWALK, BUILDING, SKY, VEGETATION, TERRAIN, CAR, PERSON, POLE, SIGN = range(10)
 
 # Source ("game") base colours, RGB.
