@@ -1,17 +1,20 @@
-"""The ``adapt`` command: one hop from the shell to Lightning.
+"""The ``adapt`` command: one hop from the shell to Lightning and to the workflows.
 
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
     adapt fit --config RECIPE ... --resume                      continue an interrupted fit from its last.ckpt
-    adapt evaluate --checkpoint CKPT --root DATASET [--root ...] [--split S ...] [--out DIR]
-                   [--protocol full|resize|slide] [--size H W] [--window H W] [--stride H W]
-    adapt evaluate --predictions DIR --root DATASET [--kind K] [--split S] [--id-type label|train] [--out DIR]
-    adapt data synth --out DIR [--num N] [--size H W] [--seed S]
-    adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
-    adapt translate --checkpoint T.ckpt --direction source-to-target|target-to-source --input DIR --output DIR
+    adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR] [--protocol full|resize|slide] ...
+    adapt evaluate --checkpoint CKPT --root [A,B] ...           several sets, one comparison table
+    adapt evaluate --predictions DIR --root DATASET [--kind K] [--id_type label|train]
+    adapt translate --checkpoint T.ckpt --direction source-to-target --input_root DIR --output_root DIR
     adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
     adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation
-    adapt run EXPERIMENT.yaml [--out DIR]                       the stages of a multi-stage experiment
-    adapt demo [--out DIR]                                      source-only vs randomized on the synthetic pair
+    adapt data synth --out DIR [--num_images N] [--size [H,W]] [--seed S]
+    adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
+    adapt run EXPERIMENT.yaml [--out DIR] [--seeds N ...]       the stages of a multi-stage experiment
+    adapt demo [--out DIR]                                      recipes/demo/demo.yaml and its gap table
+
+The verbs besides LightningCLI's are read from the typed signatures of their functions (``adapt.commands``);
+``adapt VERB --help`` lists their arguments.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt import commands
+from adapt.commands import run_verb
 from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoint, last_checkpoint_path, run_guard
 from adapt.errors import ConfigError, DataError, TrainingStopped
 from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
@@ -168,19 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         argv.remove("--debug")
     try:
-        if argv and argv[0] == "evaluate":
-            commands.evaluate(argv[1:])
-        elif argv and argv[0] == "data":
-            commands.data(argv[1:])
-        elif argv and argv[0] == "translate":
-            commands.translate(argv[1:])
-        elif argv and argv[0] == "fda":
-            commands.fda(argv[1:])
-        elif argv and argv[0] == "tta":
-            commands.tta(argv[1:])
-        elif argv and argv[0] == "run":
+        verb = " ".join(argv[:2]) if argv[:1] == ["data"] else (argv[0] if argv else "")
+        if verb in commands.VERBS:
+            run_verb(verb, argv[len(verb.split()):])
+        elif argv[:1] == ["data"]:
+            raise ConfigError("adapt data: give synth or check (adapt data check --help)")
+        elif argv[:1] == ["run"]:
             run_main(argv[1:])
-        elif argv and argv[0] == "demo":
+        elif argv[:1] == ["demo"]:
             demo_main(argv[1:])
         else:
             run_lightning(argv)
@@ -189,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"adapt: interrupted; resumable checkpoint: {where}; run the same command with --resume to continue"
               if where else "adapt: interrupted before training started; nothing to resume", file=sys.stderr)
         sys.exit(143)
+    except ArgumentError as err:  # a verb's option jsonargparse cannot read
+        if debug:
+            raise
+        print(f"adapt: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
     except (ConfigError, DataError, TrainingStopped) as err:
         if debug:
             raise

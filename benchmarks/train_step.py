@@ -3,7 +3,8 @@
 Both sides train F (``build_segmenter``) with AdamW and the poly schedule on the same in-memory batches (one
 DataLoader over the same tensors, no workers), the same number of steps, from the same initial weights. adapt's side
 is ``Trainer.fit`` on ``SegmentationTask`` as a recipe runs it (CSV logger, logging every 10 steps, ``adapt fit``'s
-RunGuard (a finite-loss check per step) and atomic checkpoint writes, checkpoint at the end, not timed), without
+run guard (``adapt.callbacks.run_guard``: a finite-loss check per step, run.json, epoch-end checkpoints) and atomic
+checkpoint writes, checkpoint at the end, not timed), without
 the progress bar (a terminal display); the plain loop is the textbook ``zero_grad / forward / cross_entropy /
 backward / step``. Timing starts after ``--warmup`` steps and stops after ``--steps`` more, on both sides; runs
 alternate (plain, adapt, plain, ...) so that machine noise hits both, each in a fresh process (so that no run
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from adapt.cli import quiet_lightning
 from adapt.nets.segmenter import build_segmenter
-from adapt.safety import AtomicCheckpointIO, RunGuard
+from adapt.callbacks import AtomicCheckpointIO, run_guard
 from adapt.tasks import SegmentationTask
 
 CLASSES = [f"class{i}" for i in range(19)]
@@ -123,7 +124,7 @@ def adapt_fit(args, loader: DataLoader, device: torch.device, total: int) -> flo
     clock = Clock(args.warmup, args.steps, device)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision, max_steps=total,
-                             default_root_dir=root, callbacks=[clock, RunGuard()], log_every_n_steps=10,
+                             default_root_dir=root, callbacks=[clock, *run_guard()], log_every_n_steps=10,
                              plugins=[AtomicCheckpointIO()], enable_model_summary=False,
                              enable_progress_bar=False, num_sanity_val_steps=0)
         trainer.fit(task, datamodule=Data(loader))

@@ -7,6 +7,7 @@ experiments); ``python -m pytest -m "not slow"`` is the quick suite for working 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,15 +82,29 @@ def segmenter_ckpt(tiny_pair, tmp_path_factory) -> Path:
 def fit_run(tiny_pair, tmp_path_factory) -> Path:
     """One finished run of the real `adapt fit` command on the tiny pair, shared by the tests that read what a fit
     writes: FPN, 3 epochs of 2 steps, validation every epoch, and besides last.ckpt the checkpoint the entropy
-    validator chooses (``best-entropy.ckpt``). Returns the run folder (its ``trainer.default_root_dir``)."""
+    validator chooses (``best-entropy.ckpt``). Returns the run folder (its ``trainer.default_root_dir``).
+
+    Made once for the whole session, also when pytest-xdist runs several workers (the first one to get the lock
+    trains; the others wait and reuse its run)."""
+    from filelock import FileLock
+
     from test_cli import tiny_recipe
 
-    folder = tmp_path_factory.mktemp("fit_run")
+    folder = tmp_path_factory.getbasetemp().parent / "fit_run"  # shared by xdist workers
+    folder.mkdir(exist_ok=True)
     run_dir = folder / "run"
+    with FileLock(str(folder / "lock")):
+        if not (folder / "done").is_file():
+            _train_fit_run(folder, run_dir, tiny_pair, tiny_recipe)
+            (folder / "done").write_text("finished\n")
+    return run_dir
+
+
+def _train_fit_run(folder: Path, run_dir: Path, tiny_pair: Path, tiny_recipe) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)  # an earlier, unfinished attempt
     fit = run_adapt("fit", "--config", str(tiny_recipe(folder, tiny_pair)), f"--trainer.default_root_dir={run_dir}",
                     "--model.init_args.arch=fpn", "--trainer.max_steps=-1", "--trainer.max_epochs=3",
                     "--trainer.limit_train_batches=2", "--checkpoint.monitor=val/entropy", "--checkpoint.mode=min",
                     "--checkpoint.save_top_k=1", "--checkpoint.filename=best-entropy")
     assert fit.returncode == 0, fit.stderr[-3000:]
     (run_dir / "stdout.txt").write_text(fit.stdout)
-    return run_dir

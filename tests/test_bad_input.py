@@ -117,7 +117,8 @@ def test_bad_checkpoints_name_the_file(tmp_path, tiny_pair, segmenter_ckpt, caps
 
     # a translator where F is expected, an F where a translator is expected
     assert f"{translator} is a translator" in evaluate("--checkpoint", str(translator))
-    assert "is not a translator" in evaluate("--checkpoint", str(segmenter_ckpt), "--translator", str(segmenter_ckpt))
+    message = evaluate("--checkpoint", str(segmenter_ckpt), "--translator", str(segmenter_ckpt))
+    assert f"{segmenter_ckpt} is an F (segmenter) checkpoint; give a translator checkpoint" in message
     # a translator trained towards another domain than the one evaluated
     message = evaluate("--checkpoint", str(segmenter_ckpt), "--translator", str(translator), "--root",
                        str(tiny_pair / "source"))

@@ -11,7 +11,7 @@ from adapt.data.check import check_dataset, format_report
 from adapt.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, write_tiny_cityscapes
 from adapt.data.gta5 import write_tiny_gta5
 from adapt.errors import DataError
-from conftest import adapt_main, run_adapt
+from conftest import adapt_main
 
 FOLDER_CLASSES = {"ignore_index": 0, "classes": [{"id": 1, "name": "sky"}, {"id": 2, "name": "road"},
                                                  {"id": 3, "name": "car"}]}
@@ -81,12 +81,12 @@ def assert_reported(expected, code, out):
     assert "good pairs" in out and "class pixel frequencies" in out
 
 
-def test_cityscapes_problems_through_the_cli(tmp_path):
+def test_cityscapes_problems_through_the_cli(tmp_path, capsys):
     expected = broken("cityscapes", tmp_path)
-    run = run_adapt("data", "check", "cityscapes", str(tmp_path), "--split", "val")
-    assert_reported(expected, run.returncode, run.stdout)
-    assert "values 200" in run.stdout and "label 64x28, image 64x32" in run.stdout
-    assert "6 samples, 6 images, 5 labels, 1 good pairs" in run.stdout  # only the last pair is intact
+    code, out, _ = adapt_main(capsys, "data", "check", "cityscapes", str(tmp_path), "--split", "val")
+    assert_reported(expected, code, out)
+    assert "values 200" in out and "label 64x28, image 64x32" in out
+    assert "6 samples, 6 images, 5 labels, 1 good pairs" in out  # only the last pair is intact
 
 
 @pytest.mark.parametrize("kind", ["folder", "gta5"])

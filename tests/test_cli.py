@@ -84,8 +84,8 @@ def test_evaluate_bad_inputs(tmp_path, tiny_pair, capsys):
 
 
 def test_data_synth_writes_two_folder_datasets(tmp_path, capsys):
-    code, _, err = adapt_main(capsys, "data", "synth", "--out", str(tmp_path / "pair"), "--num", "8", "--size", "48",
-                              "64", "--seed", "5")
+    code, _, err = adapt_main(capsys, "data", "synth", "--out", str(tmp_path / "pair"), "--num_images", "8", "--size", "[48, 64]",
+                              "--seed", "5")
     assert code == 0, err[-2000:]
     from adapt.data import FolderDataset
 

@@ -21,6 +21,8 @@ import torch
 
 from conftest import run_adapt
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 FP64 = ["--trainer.precision=64-true", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 TWO = ["--trainer.devices=2", "--trainer.num_nodes=1"]
 
@@ -45,9 +47,9 @@ def _max_weight_difference(a: Path, b: Path) -> float:
 
 def test_segmentation_two_processes_equal_one(tmp_path):
     """The demo's randomized recipe (strong DR, FPN with BatchNorm): 2 processes x batch 4 with sync_batchnorm vs
-    1 process x batch 8 with a DataLoader worker; 25 validation images (13 + 12: uneven shards)."""
+    1 process x batch 8 with a DataLoader worker; 11 validation images (6 + 5: uneven shards), 64x64."""
     common = ["--config", "recipes/demo/randomized.yaml", f"--data.init_args.root={tmp_path}/data",
-              "--data.init_args.num_images=100", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1",
+              "--data.init_args.num_images=44", "--data.init_args.size=[64, 64]", "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1",
               '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
     one = _fit(tmp_path / "one", *common, "--data.init_args.batch_size=8", "--data.init_args.num_workers=1")
     two = _fit(tmp_path / "two", *common, *TWO, "--trainer.strategy=ddp", "--trainer.sync_batchnorm=true",
@@ -57,16 +59,17 @@ def test_segmentation_two_processes_equal_one(tmp_path):
     assert np.allclose(miou_one, miou_two, rtol=0, atol=1e-4), (miou_one, miou_two)
     assert _logged(one, "val/ece") == pytest.approx(_logged(two, "val/ece"), abs=1e-6)
     assert _max_weight_difference(one, two) < 1e-6
-    for path in (one, two):  # 2 epochs of floor(75 / 8) = 9 global batches
-        assert torch.load(path, map_location="cpu", weights_only=True)["global_step"] == 18
+    for path in (one, two):  # 2 epochs of floor(33 / 8) = 4 global batches
+        assert torch.load(path, map_location="cpu", weights_only=True)["global_step"] == 8
 
 
 def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segmenter_ckpt):
     """One epoch of CyCADA (frozen F on every process, image pools gathered across processes) under DDP equals the
     single-process run; its checkpoint loads, and resumes in one process (a different device count)."""
     common = ["--config", "recipes/demo/translator.yaml", f"--data.init_args.root={tmp_path}/data",
-              "--data.init_args.num_images=24", "--trainer.max_epochs=1", "--trainer.max_steps=-1",
-              "--trainer.log_every_n_steps=1", "--model.init_args.pool_size=3",
+              "--data.init_args.num_images=24", "--data.init_args.size=[64, 64]", "--trainer.max_epochs=1",
+              "--trainer.max_steps=-1", "--trainer.log_every_n_steps=1", "--model.init_args.pool_size=3",
+              "--model.init_args.ngf=8", "--model.init_args.n_blocks=2", "--model.init_args.ndf=16",
               f"--model.init_args.segmenter_checkpoint={segmenter_ckpt}", *FP64]
     two = _fit(tmp_path / "two", *common, *TWO, "--trainer.strategy=ddp_find_unused_parameters_true",
                "--data.init_args.batch_size=2")
@@ -95,7 +98,8 @@ def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segment
 
 def test_translation_refuses_plain_ddp(tmp_path):
     result = run_adapt("fit", "--config", "recipes/demo/translator.yaml", f"--data.init_args.root={tmp_path}/data",
-                       "--data.init_args.num_images=24", "--trainer.max_steps=2", *TWO, "--trainer.strategy=ddp",
+                       "--data.init_args.num_images=24", "--data.init_args.size=[64, 64]", "--trainer.max_steps=2",
+                       *TWO, "--trainer.strategy=ddp",
                        "--data.init_args.batch_size=2", f"--trainer.default_root_dir={tmp_path}/run",
                        "--model.init_args.lambda_semantic=0", *FP64)
     assert result.returncode == 2

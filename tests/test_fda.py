@@ -9,7 +9,7 @@ import torch
 
 from adapt.nets.fourier import FourierTranslator, fda_transfer, low_frequency_size
 from adapt.checkpoints import load_translator
-from conftest import adapt_main, run_adapt, tiny_datamodule
+from conftest import adapt_main, tiny_datamodule
 
 
 def _smooth_images(seed: int, shape=(2, 3, 40, 48)) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
     ckpt = tmp_path / "fda.ckpt"
     code, stdout, stderr = adapt_main(capsys, "fda", "--source", str(tiny_pair / "source"), "--target",
                                       str(tiny_pair / "target"), "--target_split", "train", "--output", str(ckpt),
-                                      "--beta", "0.05", "--count", "4", "--size", "32", "32")
+                                      "--beta", "0.05", "--count", "4", "--size", "[32, 32]")
     assert code == 0, stderr
     assert "4 source and 4 target references" in stdout and ckpt.is_file()
     again = adapt_main(capsys, "fda", "--source", str(tiny_pair / "source"), "--target", str(tiny_pair / "target"),
@@ -85,9 +85,10 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
     assert isinstance(task.train_translator, FourierTranslator)
 
     # F(T(x_t)) with the target-to-source direction
-    result = run_adapt("evaluate", "--checkpoint", str(segmenter_ckpt), "--translator", str(ckpt), "--root",
-                       str(tiny_pair / "target"), "--split", "val", "--out", str(tmp_path / "eval"), "--no-plots")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--translator", str(ckpt),
+                              "--root", str(tiny_pair / "target"), "--split", "val", "--out", str(tmp_path / "eval"),
+                              "--plots", "false")
+    assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["translator"] == str(ckpt) and metrics["checkpoint"] == str(segmenter_ckpt)
     assert isinstance(metrics["miou"], float) and 0 <= metrics["miou"] <= 100

@@ -93,5 +93,5 @@ def test_init_from_refuses_what_does_not_fit(tmp_path, segmenter_ckpt):
     with pytest.raises(ConfigError, match="init_from: .*not found"):
         task.init_from(tmp_path / "missing.ckpt")
     torch.save({"state_dict": {}, "hyper_parameters": {"ngf": 8}}, tmp_path / "t.ckpt")
-    with pytest.raises(ConfigError, match="is not a segmenter"):
+    with pytest.raises(ConfigError, match="t.ckpt is a translator checkpoint; give an F .segmenter. checkpoint"):
         task.init_from(tmp_path / "t.ckpt")

@@ -9,7 +9,7 @@ from PIL import Image
 from adapt.data.labels import default_palette
 from adapt.plots import plot_examples
 from adapt.report import worst_classes, worst_classes_line
-from conftest import run_adapt
+from conftest import adapt_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORTS = ("per_class_iou.png", "confusion_matrix.png", "reliability.png", "examples.png")
@@ -26,12 +26,13 @@ def check_png(path, min_side=200, max_side=6000):
     return width, height
 
 
-def test_evaluate_two_roots_writes_reports_and_compares(tiny_pair, segmenter_ckpt, tmp_path):
+def test_evaluate_two_roots_writes_reports_and_compares(tiny_pair, segmenter_ckpt, tmp_path, capsys):
     out = tmp_path / "eval"
-    result = run_adapt("evaluate", "--checkpoint", str(segmenter_ckpt), "--root", str(tiny_pair / "target"),
-                       "--root", str(tiny_pair / "source"), "--split", "val", "--out", str(out),
-                       "--protocol", "slide", "--window", "48", "48", "--stride", "32", "32", "--examples", "4")
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stdout, stderr = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root",
+                                      str(tiny_pair / "target"), "--root+", str(tiny_pair / "source"), "--split", "val",
+                                      "--out", str(out), "--protocol", "slide", "--window", "[48, 48]", "--stride",
+                                      "[32, 32]", "--examples", "4")
+    assert code == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["target", "source"]
     for name in ("target", "source"):
@@ -52,23 +53,23 @@ def test_evaluate_two_roots_writes_reports_and_compares(tiny_pair, segmenter_ckp
         for png in REPORTS:
             check_png(out / name / png)
         assert not [p for p in (out / name).iterdir() if p.name.startswith(".")]  # no temporary files left
-        assert worst_classes_line(metrics) in result.stdout
-    assert result.stdout.count("worst classes: ") == 2
-    table = result.stdout[result.stdout.index("== comparison"):].splitlines()
+        assert worst_classes_line(metrics) in stdout
+    assert stdout.count("worst classes: ") == 2
+    table = stdout[stdout.index("== comparison"):].splitlines()
     assert table[1].split() == ["root", "mIoU", "pixel", "acc.", "ECE"]
     for line, name in zip(table[2:4], ("target", "source")):
         metrics = summary[name]
         assert line.split() == [name] + [f"{metrics[k]:.2f}" for k in ("miou", "pixel_accuracy", "ece")]
 
 
-def test_evaluate_rejects_mismatched_per_root_options(tiny_pair, segmenter_ckpt, tmp_path):
-    result = run_adapt("evaluate", "--checkpoint", str(segmenter_ckpt), "--root", str(tiny_pair / "target"),
-                       "--root", str(tiny_pair / "source"), "--split", "val", "--split", "val", "--split", "train",
-                       "--out", str(tmp_path))
-    assert result.returncode == 2 and "--split: given 3 times for 2 roots" in result.stderr
-    result = run_adapt("evaluate", "--checkpoint", str(segmenter_ckpt), "--root", str(tiny_pair / "target"),
-                       "--protocol", "slide", "--out", str(tmp_path))
-    assert result.returncode == 2 and "--window" in result.stderr and "Traceback" not in result.stderr
+def test_evaluate_rejects_mismatched_per_root_options(tiny_pair, segmenter_ckpt, tmp_path, capsys):
+    roots = f"[{tiny_pair / 'target'}, {tiny_pair / 'source'}]"
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root", roots, "--split",
+                              "[val, val, train]", "--out", str(tmp_path))
+    assert code == 2 and "--split: 3 values for 2 roots" in err
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root",
+                              str(tiny_pair / "target"), "--protocol", "slide", "--out", str(tmp_path))
+    assert code == 2 and "--window" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
 
 

@@ -106,6 +106,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_pair):
     assert not torch.equal(before, task.segmenter.net.encoder.conv1.weight.detach())
 
 
+@pytest.mark.slow
 def test_compiled_segmenter_trains_and_its_checkpoint_loads_uncompiled(tiny_pair, tmp_path):
     """``compile`` goes through torch.compile (the ``aot_eager`` backend: the same tracing as inductor, no C++
     build); the checkpoint keeps plain parameter names and loads into an uncompiled task."""

@@ -12,7 +12,7 @@ from PIL import Image
 
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX, label_id_to_train_index, write_tiny_cityscapes
 from adapt.workflows.score import score_predictions
-from conftest import adapt_main, run_adapt
+from conftest import adapt_main
 
 SIZE = (64, 128)
 NO_TRAIN = 31  # label id of class "train": left out of labels and predictions, so its IoU is undefined (NaN)
@@ -55,10 +55,10 @@ def official_scores(root, preds, monkeypatch, capsys) -> dict:
 def test_label_ids_match_the_official_evaluator(cityscapes, tmp_path, monkeypatch, capsys):
     root, preds = cityscapes
     out = tmp_path / "out"
-    run = run_adapt("evaluate", "--predictions", str(preds), "--root", str(root), "--kind", "cityscapes",
-                    "--split", "val", "--id-type", "label", "--out", str(out))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "mIoU" in run.stdout and "bicycle" in run.stdout and str(out / "metrics.json") in run.stdout
+    code, stdout, stderr = adapt_main(capsys, "evaluate", "--predictions", str(preds), "--root", str(root), "--kind",
+                                      "cityscapes", "--split", "val", "--id_type", "label", "--out", str(out))
+    assert code == 0, stderr[-3000:]
+    assert "mIoU" in stdout and "bicycle" in stdout and str(out / "metrics.json") in stdout
     ours = json.loads((out / "metrics.json").read_text())
     assert ours["num_images"] == 4 and ours["protocol"] == {"mode": "predictions", "id_type": "label"}
     assert (ours["kind"], ours["split"], ours["predictions"]) == ("cityscapes", "val", str(preds))
@@ -146,14 +146,15 @@ def test_folder_dataset_and_cli_errors(cityscapes, tmp_path, capsys):
     assert code != 0 and "both" in err
 
 
-def test_missing_cityscapes_prediction_through_the_cli(cityscapes, tmp_path):
+def test_missing_cityscapes_prediction_through_the_cli(cityscapes, tmp_path, capsys):
     root, preds = cityscapes
     partial = tmp_path / "partial"
     shutil.copytree(preds, partial)
     dropped = next(partial.glob("*_pred.png"))
     dropped.unlink()
-    run = run_adapt("evaluate", "--predictions", str(partial), "--root", str(root), "--kind", "cityscapes")
+    code, _, stderr = adapt_main(capsys, "evaluate", "--predictions", str(partial), "--root", str(root), "--kind",
+                                 "cityscapes")
     stem = dropped.name[: -len("_pred.png")]
-    assert run.returncode != 0
-    assert "prediction not found (1 of 4 samples have none)" in run.stderr and stem in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert code == 2
+    assert "prediction not found (1 of 4 samples have none)" in stderr and stem in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr

@@ -34,6 +34,7 @@ def test_aggregate_equals_a_hand_computation():
     assert plus_minus(out["a"]["miou"]) == f"13.00 ± {miou.std(ddof=1):.2f}" and plus_minus(out["b"]["miou"]) == "1.00"
 
 
+@pytest.mark.slow
 def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair):
     recipe = yaml.safe_load((REPO / "recipes/demo/source_only.yaml").read_text())
     recipe["trainer"].update(max_steps=2, max_epochs=None, limit_val_batches=0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 import yaml
 from torch import nn
 
 from adapt.tasks.mixing import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
                                  strong_photometric)
-from conftest import run_adapt
+from conftest import adapt_main, run_adapt
 from test_cli import tiny_recipe
 
 
@@ -90,7 +91,7 @@ def _self_training_recipe(tmp_path, pair, **init_args):
     return path
 
 
-def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair, segmenter_ckpt):
+def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair, segmenter_ckpt, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, init_from=str(segmenter_ckpt), ema_alpha=0.99,
                                    warmup_steps=2, lambda_entropy=0.1)
     run_dir = tmp_path / "run"
@@ -106,9 +107,9 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
     for column in ("train/loss_source", "train/loss_mixed", "train/pseudo_weight", "train/entropy", "val/miou"):
         assert column in metrics
     out = tmp_path / "eval"
-    ev = run_adapt("evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"), "--split", "val",
-                   "--out", str(out), "--no-plots")
-    assert ev.returncode == 0, ev.stderr[-2000:]
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"),
+                              "--split", "val", "--out", str(out), "--plots", "false")
+    assert code == 0, err[-2000:]
     from adapt.data import FolderDataset
 
     scores = json.loads((out / "metrics.json").read_text())
@@ -119,6 +120,7 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
     assert scores["checkpoint"] == str(ckpt_path)
 
 
+@pytest.mark.slow
 def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair):
     recipe = _self_training_recipe(tmp_path, tiny_pair, ema_alpha=0.0, mixing=False, confidence_weighting=False,
                                    strong_augment=False)
@@ -131,12 +133,13 @@ def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair):
             assert torch.equal(value, state["teacher." + key[len("segmenter."):]]), key
 
 
-def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pair):
-    printed = run_adapt("fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)), "--print_config")
-    assert printed.returncode == 0, printed.stderr[-2000:]
-    init_args = yaml.safe_load(printed.stdout)["model"]["init_args"]
+def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pair, capsys):
+    code, out, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
+                                "--print_config")
+    assert code == 0, err[-2000:]
+    init_args = yaml.safe_load(out)["model"]["init_args"]
     assert {"arch", "init_from", "warmup_steps", "ema_alpha", "pseudo_threshold", "mixing"} <= set(init_args)
-    bad = run_adapt("fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
-                    "--model.init_args.ema_alpha=1.5")
-    assert bad.returncode == 2 and "ema_alpha" in bad.stderr
+    code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
+                              "--model.init_args.ema_alpha=1.5")
+    assert code == 2 and "model.init_args.ema_alpha (1.5)" in err and "must lie in [0, 1)" in err
 

@@ -13,7 +13,7 @@ from adapt.data import FolderDataset
 from adapt.checkpoints import load_segmenter
 from adapt.errors import DataError
 from adapt.workflows.tta import adabn, tent
-from conftest import adapt_main, run_adapt
+from conftest import adapt_main
 
 
 def _bn_names(segmenter) -> tuple[set[str], set[str]]:
@@ -75,9 +75,9 @@ def test_adapt_tta_writes_an_evaluable_checkpoint(segmenter_ckpt, tiny_pair, tmp
     again = adapt_main(capsys, "tta", "--checkpoint", str(segmenter_ckpt), "--root", str(tiny_pair / "target"),
                        "--output", str(out))
     assert again[0] == 2 and "exists" in again[2]  # never overwrites
-    result = run_adapt("evaluate", "--checkpoint", str(out), "--root", str(tiny_pair / "target"), "--split", "val",
-                       "--out", str(tmp_path / "eval"), "--no-plots")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(out), "--root", str(tiny_pair / "target"),
+                              "--split", "val", "--out", str(tmp_path / "eval"), "--plots", "false")
+    assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert isinstance(metrics["miou"], float) and 0 <= metrics["miou"] <= 100
     defined = [v for v in metrics["per_class_iou"].values() if v is not None]

@@ -112,6 +112,7 @@ def write_experiment(tmp_path, pair):
     return path
 
 
+@pytest.mark.slow
 def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     experiment = write_experiment(tmp_path, tiny_pair)
     first = run_adapt("run", str(experiment))
@@ -134,7 +135,7 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     t_ckpt = json.loads((out / "t" / "stage.json").read_text())["checkpoint"]
     assert load_translator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     result = run_adapt("translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
-                       "--input", str(tiny_pair / "source"), "--output", str(tmp_path / "translated"))
+                       "--input_root", str(tiny_pair / "source"), "--output_root", str(tmp_path / "translated"))
     assert result.returncode == 0, result.stderr[-3000:]
     from adapt.data import FolderDataset
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
@@ -113,14 +114,19 @@ def _cityscapes_tree(root: Path, split: str) -> _Tree:
     return _Tree(CITYSCAPES_CLASSES, _cityscapes_valid(), list(images), images, labels, orphans)
 
 
-def check_dataset(kind: str, root: str | Path, split: str | None = None) -> dict:
-    """Check one set of a dataset (``kind``: ``folder``, ``gta5``, ``cityscapes``; ``split`` as in
-    ``adapt.data.datamodule.open_dataset``).
+def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, split: str | None = None) -> dict:
+    """Check a dataset before a run does: pairs, corrupt files, sizes, label values, class frequencies.
 
-    Returns the report: ``kind``, ``root``, ``split``, ``counts`` (``samples``, ``images``, ``labels``,
-    ``pairs`` (pairs without any problem), ``label_pixels``, ``labelled_pixels``), ``problems`` (problem kind ->
-    files relative to ``root``; only kinds that occur), ``details`` (file -> what is wrong) and ``frequencies``
-    (class name -> percent of labelled pixels; None when no pixel is labelled).
+    Every image and label of the set is decoded; problems are reported, never raised. Returns the report:
+    ``kind``, ``root``, ``split``, ``counts`` (``samples``, ``images``, ``labels``, ``pairs`` (pairs without any
+    problem), ``label_pixels``, ``labelled_pixels``), ``problems`` (problem kind -> files relative to ``root``;
+    only kinds that occur), ``details`` (file -> what is wrong) and ``frequencies`` (class name -> percent of
+    labelled pixels; None when no pixel is labelled).
+
+    Args:
+        kind: dataset layout: folder, gta5 or cityscapes.
+        root: dataset folder.
+        split: folder: a list in ROOT/splits/; gta5: a list file; cityscapes: train, val or test (default val).
 
     Raises:
         DataError: ``root`` is missing, holds no images, or lacks what the layout needs (classes.yaml, a split).

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import ConfigError
 
 CLASS_NAMES: tuple[str, ...] = ("road", "sidewalk", "building", "sky", "vegetation", "terrain", "car", "person",
                                 "pole", "sign")
@@ -227,9 +228,22 @@ def render_image(label: np.ndarray, style: str, rng: np.random.Generator) -> np.
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_pair(out: str | Path, num_images: int = 200, size: tuple[int, int] = (96, 128), seed: int = 0,
+def write_pair(out: str, num_images: int = 200, size: tuple[int, int] = (96, 128), seed: int = 0,
                val_fraction: float = 0.25) -> tuple[Path, Path]:
-    """Writes out/source and out/target as folder datasets; returns (source_root, target_root)."""
+    """Write the embedded synthetic domain pair as two folder datasets, ``out/source`` and ``out/target``.
+
+    Returns (source_root, target_root).
+
+    Args:
+        out: output folder (gets source/ and target/).
+        num_images: images per domain.
+        size: (height, width) of the images.
+        seed: the scenes' seed (the same seed writes the same pair).
+        val_fraction: share of each domain in its ``val`` split (the rest is ``train``).
+    """
+    if num_images < 2 or min(size) < 32 or not 0 < val_fraction < 1:
+        raise ConfigError(f"data synth: num_images {num_images} must be at least 2, size {tuple(size)} at least "
+                          f"(32, 32) and val_fraction {val_fraction} in (0, 1)")
     roots = []
     n_val = int(round(num_images * val_fraction))
     for domain, (style, prefix) in enumerate((("source", "src"), ("target", "tgt"))):

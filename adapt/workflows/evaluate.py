@@ -8,18 +8,20 @@ and ECE; ``adapt.plots`` draws per_class_iou.png, confusion_matrix.png, reliabil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from adapt.checkpoints import domain_name, load_translator
-from adapt.data.datasets import open_dataset
+from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.errors import ConfigError, DataError
 from adapt.inference import make_protocol
 from adapt.plots import write_plots
 from adapt.report import comparison_table, per_class_table, worst_classes_line, write_json
 from adapt.tasks.segmentation import SegmentationTask
+from adapt.workflows.score import score_predictions
 
 
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,
@@ -77,8 +79,8 @@ def _per_root(option: str, values: list, roots: list[str]) -> list:
     if len(values) == 1:
         return values * len(roots)
     if len(values) != len(roots):
-        raise ConfigError(f"{option}: given {len(values)} times for {len(roots)} roots; give it once for all "
-                          "roots or once per --root, in the same order")
+        raise ConfigError(f"{option}: {len(values)} values for {len(roots)} roots; give one for all roots or a "
+                          "list of one per root, in the same order")
     return list(values)
 
 
@@ -131,3 +133,65 @@ def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: Image
         print(worst_classes_line(metrics))
         print(f"metrics: {out / 'metrics.json'}{' (and PNG reports)' if plots else ''}")
     return metrics
+
+
+def evaluate_command(root: str | list[str], checkpoint: str | None = None, predictions: str | None = None,
+                     split: str | list[str | None] | None = None, kind: DatasetKind | list[DatasetKind] = "folder",
+                     out: str | None = None, protocol: Literal["full", "resize", "slide"] = "full",
+                     size: tuple[int, int] | None = None, window: tuple[int, int] | None = None,
+                     stride: tuple[int, int] | None = None, translator: str | None = None,
+                     id_type: Literal["label", "train"] = "label", examples: int = 6, plots: bool = True,
+                     batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto",
+                     weights_only: bool = True) -> dict:
+    """Score a segmenter checkpoint, or the label PNGs of any model (``predictions``), on labelled datasets.
+
+    Args:
+        root: labelled dataset folder, or a list of them (``[A,B]``: each into OUT/ROOTNAME, one comparison table
+            and OUT/summary.json).
+        checkpoint: a .ckpt written by ``adapt fit`` (an F: segmentation or self-training).
+        predictions: instead of ``checkpoint``: a folder of predicted label PNGs, DIR/NAME.png (Cityscapes:
+            NAME*.png); one root.
+        split: split list in ROOT/splits/ (default: all images; Cityscapes: train, val or test); one for all roots
+            or a list, one per root.
+        kind: dataset layout: folder, gta5 or cityscapes; one for all roots or a list, one per root.
+        out: folder for metrics.json and the PNG reports (default: RUN/evaluate/ROOTNAME; several roots:
+            RUN/evaluate).
+        protocol: full (the whole image, padded to a multiple of 32), resize (input resized to ``size``, logits
+            resized back) or slide (``window`` windows every ``stride``, logits averaged).
+        size: (height, width) with ``protocol: resize``.
+        window: (height, width) with ``protocol: slide``.
+        stride: (height, width) with ``protocol: slide`` (default: half the window).
+        translator: a translator .ckpt: score F(g_ts(x_t)), target images mapped to source style first.
+        id_type: with ``predictions``: label ids (Cityscapes ids; folder: classes.yaml ids) or train indices.
+        examples: images in examples.png (0: none).
+        plots: write the PNG reports besides metrics.json.
+        batch_size: images per evaluation step.
+        num_workers: DataLoader worker processes.
+        accelerator: Lightning's accelerator (auto, cpu, gpu, ...).
+        weights_only: read checkpoints as tensors and plain values only; false runs the pickled code a checkpoint
+            may hold: only for files you trust.
+    """
+    roots, splits, kinds = ([v] if not isinstance(v, list) else v for v in (root, split, kind))
+    if (checkpoint is None) == (predictions is None):
+        raise ConfigError("adapt evaluate: give --checkpoint CKPT (score a model) or --predictions DIR (score label "
+                          f"PNGs); {'not both' if checkpoint else 'neither was given'}")
+    if predictions is not None:
+        if translator is not None:
+            raise ConfigError("--translator needs --checkpoint; predictions are scored as they are")
+        if protocol != "full" or size or window or stride:
+            raise ConfigError("--protocol/--size/--window/--stride need --checkpoint; predictions are scored as "
+                              "they are, at the labels' resolution")
+        if len(roots) > 1 or len(kinds) > 1 or len(splits) > 1:
+            raise ConfigError("--predictions scores one --root (one --split, one --kind)")
+        return score_predictions(predictions, roots[0], kinds[0], splits[0], id_type, out)
+    try:
+        checked = make_protocol(protocol, size, window, stride)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if examples < 0:
+        raise ConfigError(f"--examples: {examples}; give 0 or more")
+    options = dict(batch_size=batch_size, num_workers=num_workers, accelerator=accelerator, translator=translator,
+                   protocol=checked, num_examples=examples, plots=plots, weights_only=weights_only)
+    if len(roots) == 1 and len(kinds) == 1 and len(splits) == 1:
+        return evaluate(checkpoint, roots[0], splits[0], out, kind=kinds[0], **options)
+    return evaluate_roots(checkpoint, roots, splits, kinds, out, **options)

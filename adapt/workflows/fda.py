@@ -6,16 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapt.checkpoints import FDA_KIND, atomic_save, domain_name
-from adapt.data.datasets import open_dataset
+from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError
 from adapt.nets.fourier import read_bank
 
 
-def fda_checkpoint(output: str | Path, source: str, target: str, beta: float = 0.01, count: int = 32,
-                   size: tuple[int, int] = (256, 512), source_kind: str = "folder", target_kind: str = "folder",
-                   source_split: str | None = None, target_split: str | None = None, seed: int = 0) -> dict:
-    """Write an FDA translator checkpoint to ``output`` (a new file): ``count`` images of each domain, drawn by
-    ``seed`` and resized to ``size``, as the reference banks (labels are not read). Returns its record.
+def fda_checkpoint(output: str, source: str, target: str, beta: float = 0.01, count: int = 32,
+                   size: tuple[int, int] = (256, 512), source_kind: DatasetKind = "folder",
+                   target_kind: DatasetKind = "folder", source_split: str | None = None,
+                   target_split: str | None = None, seed: int = 0) -> dict:
+    """Write a Fourier domain adaptation translator checkpoint, usable wherever a translator checkpoint is.
+
+    ``count`` images of each domain, drawn by ``seed`` and resized to ``size``, are its reference banks (labels
+    are not read; no training). Returns its record (with ``output``).
 
     Args:
         output: the translator .ckpt (a new file).
@@ -39,7 +42,7 @@ def fda_checkpoint(output: str | Path, source: str, target: str, beta: float = 0
     record = {"beta": beta, "size": list(size), "seed": seed, "source_root": str(source),
               "target_root": str(target), "source_split": source_split, "target_split": target_split,
               "source_images": len(banks["source"]), "target_images": len(banks["target"]),
-              "domains": {"source": domain_name(source), "target": domain_name(target)}}
+              "domains": {"source": domain_name(source), "target": domain_name(target)}, "output": str(output)}
     # source-to-target styles with the target bank, target-to-source with the source bank (load_translator)
     atomic_save({"kind": FDA_KIND, "beta": beta, "source_bank": banks["source"], "target_bank": banks["target"],
                  "record": record}, output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -17,13 +18,22 @@ from adapt.errors import ConfigError
 from adapt.nets.translator import translate_padded
 
 
-def translate_folder(checkpoint: str | Path, direction: str, input_root: str | Path, output_root: str | Path,
-                     batch_size: int = 1, device: str = "cpu") -> int:
-    """Translate every image of ``input_root`` (folder format) into ``output_root/images/NAME.png`` and copy
-    ``labels/``, ``classes.yaml`` and ``splits/`` along, so the output is a folder dataset with the same labels.
+def translate_folder(checkpoint: str, direction: Literal["source-to-target", "target-to-source"], input_root: str,
+                     output_root: str, batch_size: int = 1, device: str = "cpu") -> int:
+    """Translate a folder dataset with one generator of a translator checkpoint (T, or an FDA translator).
 
-    The output is built in ``output_root.partial`` and renamed when complete, so an interrupted run never leaves
-    a folder that looks finished. Returns the number of images written.
+    Every image of ``input_root`` goes to ``output_root/images/NAME.png``; ``labels/``, ``classes.yaml`` and
+    ``splits/`` are copied along, so the output is a folder dataset with the same labels. It is built in
+    ``output_root.partial`` and renamed when complete: an interrupted run never leaves a folder that looks
+    finished. Returns the number of images written.
+
+    Args:
+        checkpoint: a translator .ckpt (``adapt fit`` of a translation recipe, or ``adapt fda``).
+        direction: source-to-target (g_st) or target-to-source (g_ts).
+        input_root: the folder dataset to translate.
+        output_root: a new folder: translated images and copied labels.
+        batch_size: images per forward pass.
+        device: torch device (cpu, cuda, ...).
     """
     output_root, input_root = Path(output_root), Path(input_root)
     if output_root.exists():

@@ -20,7 +20,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from adapt.data.datasets import open_dataset
+from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError
 from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
 from adapt.inference import crop_to_multiple
@@ -90,12 +90,29 @@ def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float =
     return entropies
 
 
-def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Path,
-                     method: Literal["adabn", "tent"] = "adabn", split: str | None = None, kind: str = "folder",
-                     steps: int = 50, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
-                     device: str = "cpu", weights_only: bool = True) -> dict:
-    """Adapt the F of ``checkpoint`` to the (unlabelled) images of ``root`` and write ``output``; returns the
-    record stored in it under ``test_time_adaptation`` (method, data, steps, entropies for TENT)."""
+def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["adabn", "tent"] = "adabn",
+                     split: str | None = None, kind: DatasetKind = "folder", steps: int = 50, lr: float = 1e-3,
+                     batch_size: int = 8, seed: int = 0, device: str = "cpu", weights_only: bool = True) -> dict:
+    """Adapt F to target images at test time, without labels: AdaBN (BatchNorm statistics) or TENT (+ entropy).
+
+    The F of ``checkpoint`` is adapted to the (unlabelled) images of ``root`` and written to ``output``, an F
+    checkpoint ``adapt evaluate`` scores like any other. Returns the record stored in it under
+    ``test_time_adaptation`` (method, data, steps, entropies for TENT, output).
+
+    Args:
+        checkpoint: an F .ckpt written by ``adapt fit``.
+        root: target images (labels, if any, are not read).
+        output: the adapted F's .ckpt (a new file).
+        method: adabn or tent.
+        split: split list of ``root`` (default: all images).
+        kind: layout of ``root``: folder, gta5 or cityscapes.
+        steps: TENT: Adam steps on BatchNorm's affine parameters.
+        lr: TENT: learning rate.
+        batch_size: target images per batch (at least 2: BatchNorm needs a batch).
+        seed: the order of the target images.
+        device: torch device (cpu, cuda, ...).
+        weights_only: read the checkpoint as tensors and plain values only (false: only for files you trust).
+    """
     if method not in ("adabn", "tent"):
         raise ConfigError(f"--method: {method!r}; choose adabn or tent")
     if steps < 1 or batch_size < 2:
@@ -109,7 +126,7 @@ def adapt_checkpoint(checkpoint: str | Path, root: str | Path, output: str | Pat
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
     segmenter = segmenter.to(device)
     record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
-              "checkpoint": str(checkpoint)}
+              "checkpoint": str(checkpoint), "output": str(output)}
     if method == "adabn":
         adabn(segmenter, loader)
     else:
