@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_adapt
+from conftest import adapt_main, run_adapt
 from test_cli import tiny_recipe
 
 RESUMABLE = ["--trainer.max_steps=-1", "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=1",
@@ -78,7 +78,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert record["status"] == "failed" and "step 8" in record["error"]
 
 
-def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(fit_run, tmp_path, tiny_pair):
+def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(fit_run, tmp_path, tiny_pair, capsys):
     ckpt = torch.load(next(fit_run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     record = ckpt["adapt"]
     assert "max_epochs: 3" in record["recipe"] and record["class_names"][0] == "road"
@@ -89,10 +89,10 @@ def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(fit
     assert not list(fit_run.rglob("*.tmp"))
     # stopped by max_steps in the middle of an epoch after whole ones: last.ckpt holds the final step
     run_dir = tmp_path / "mid"
-    result = run_adapt("fit", "--config", str(tiny_recipe(tmp_path, tiny_pair)),
-                       f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=8",
-                       "--data.init_args.batch_size=3")  # 6 steps per epoch
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = adapt_main(capsys, "fit", "--config", str(tiny_recipe(tmp_path, tiny_pair)),
+                              f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=8",
+                              "--data.init_args.batch_size=3")  # 6 steps per epoch
+    assert code == 0, err[-3000:]
     assert [p.name for p in run_dir.rglob("*.ckpt")] == ["last.ckpt"]
     assert torch.load(next(run_dir.rglob("last.ckpt")), weights_only=True)["global_step"] == 8
 
@@ -115,7 +115,7 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_bad_images_skip_through_the_cli_counts_them(tmp_path, tiny_pair):
+def test_bad_images_skip_through_the_cli_counts_them(tmp_path, tiny_pair, capsys):
     import shutil
 
     pair = tmp_path / "pair"
@@ -124,9 +124,10 @@ def test_bad_images_skip_through_the_cli_counts_them(tmp_path, tiny_pair):
     next((pair / "source" / "images").glob(f"{names[0]}.*")).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     recipe = str(tiny_recipe(tmp_path, pair))
     every = ["--trainer.max_steps=-1", "--trainer.max_epochs=1", "--data.init_args.batch_size=3"]  # all 18 read
-    stopped = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={tmp_path / 'stop'}", *every)
-    assert stopped.returncode == 2 and names[0] in stopped.stderr.splitlines()[-1], stopped.stderr[-3000:]
-    assert "Traceback" not in stopped.stderr and not list((tmp_path / "stop").rglob("last.ckpt"))
+    code, _, err = adapt_main(capsys, "fit", "--config", recipe, f"--trainer.default_root_dir={tmp_path / 'stop'}",
+                              *every)
+    assert code == 2 and names[0] in err.splitlines()[-1], err[-3000:]
+    assert "Traceback" not in err and not list((tmp_path / "stop").rglob("last.ckpt"))
     run_dir = tmp_path / "skip"
     skipped = run_adapt("fit", "--config", recipe, f"--trainer.default_root_dir={run_dir}", *every,
                         "--data.init_args.bad_images=skip")

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from adapt.report import aggregate_seeds, mean_std, plus_minus
-from conftest import REPO, run_adapt
+from conftest import REPO, adapt_main
 
 
 def _metrics(miou, acc, ece, x, y):
@@ -35,7 +35,7 @@ def test_aggregate_equals_a_hand_computation():
 
 
 @pytest.mark.slow
-def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair):
+def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair, capsys):
     recipe = yaml.safe_load((REPO / "recipes/demo/source_only.yaml").read_text())
     recipe["trainer"].update(max_steps=2, max_epochs=None, limit_val_batches=0)
     recipe["data"] = {"class_path": "adapt.data.DomainDataModule",
@@ -54,8 +54,8 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
         {"name": "target_fda", "evaluate": {"checkpoint": "${f}", "translator": "${fda}",
                                             "root": str(tiny_pair / "target"), "split": "val"}}]}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(experiment))
-    result = run_adapt("run", str(tmp_path / "e.yaml"), "--seeds", "4", "5")
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stdout, err = adapt_main(capsys, "run", str(tmp_path / "e.yaml"), "--seeds", "4", "5")
+    assert code == 0, err[-3000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [4, 5]
@@ -67,7 +67,7 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
     for seed in (4, 5):
         config = next((out / f"seed_{seed}" / "f").rglob("config.yaml"))
         assert yaml.safe_load(config.read_text())["seed_everything"] == seed
-    assert "target" in result.stdout and "±" in result.stdout
+    assert "target" in stdout and "±" in stdout
     # the tta stage's checkpoint fed the last evaluation; every stage recorded its wall time
     assert set(summary["stages"]) == {"target", "target_adabn", "target_fda"}
     for seed in (4, 5):  # the fda stage drew its references with the run's seed and fed F(T(x_t))
@@ -78,5 +78,5 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
     assert adabn["checkpoint"].endswith("adabn/adapted.ckpt") and adabn["seconds"] > 0
     assert json.loads((out / "seed_4" / "target_adabn" / "stage.json").read_text())["metrics"]["checkpoint"] == \
         adabn["checkpoint"]
-    refused = run_adapt("run", str(tmp_path / "e.yaml"), "--seeds", "1", "1")
-    assert refused.returncode == 2 and "--seeds" in refused.stderr
+    code, _, err = adapt_main(capsys, "run", str(tmp_path / "e.yaml"), "--seeds", "1", "1")
+    assert code == 2 and "--seeds: [1, 1]; give distinct non-negative integers" in err

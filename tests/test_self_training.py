@@ -12,7 +12,7 @@ from torch import nn
 
 from adapt.tasks.mixing import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
                                  strong_photometric)
-from conftest import adapt_main, run_adapt
+from conftest import adapt_main
 from test_cli import tiny_recipe
 
 
@@ -95,8 +95,8 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
     recipe = _self_training_recipe(tmp_path, tiny_pair, init_from=str(segmenter_ckpt), ema_alpha=0.99,
                                    warmup_steps=2, lambda_entropy=0.1)
     run_dir = tmp_path / "run"
-    fit = run_adapt("fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert code == 0, err[-3000:]
     ckpt_path = next(run_dir.rglob("last.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     student = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
@@ -121,12 +121,12 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
 
 
 @pytest.mark.slow
-def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair):
+def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, ema_alpha=0.0, mixing=False, confidence_weighting=False,
                                    strong_augment=False)
     run_dir = tmp_path / "run"
-    fit = run_adapt("fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert code == 0, err[-3000:]
     state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
     for key, value in state.items():
         if key.startswith("segmenter."):

@@ -9,7 +9,7 @@ import yaml
 
 from adapt.tasks import TranslationTask
 from adapt.checkpoints import load_translator
-from conftest import REPO, run_adapt, tiny_datamodule
+from conftest import REPO, adapt_main, tiny_datamodule
 
 
 def params(module):
@@ -113,10 +113,10 @@ def write_experiment(tmp_path, pair):
 
 
 @pytest.mark.slow
-def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
+def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair, capsys):
     experiment = write_experiment(tmp_path, tiny_pair)
-    first = run_adapt("run", str(experiment))
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, _, err = adapt_main(capsys, "run", str(experiment))  # its fit stages are processes of their own
+    assert code == 0, err[-3000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"plain", "translated"}
@@ -124,9 +124,9 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     assert (out / "t" / "lightning_logs" / "version_0" / "pictures" / "final.png").is_file()
     f_ckpt = json.loads((out / "f" / "stage.json").read_text())["checkpoint"]
     stamp = (out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns
-    second = run_adapt("run", str(experiment))
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("finished earlier, skipped") == 4
+    code, stdout, err = adapt_main(capsys, "run", str(experiment))
+    assert code == 0, err[-3000:]
+    assert stdout.count("finished earlier, skipped") == 4
     assert stamp == ((out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns)
     assert json.loads((out / "summary.json").read_text()) == summary
     assert not list((out / "f" / "lightning_logs").glob("version_1"))  # F was not trained again
@@ -134,9 +134,10 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     # the T checkpoint drives `adapt translate` and loads as either generator
     t_ckpt = json.loads((out / "t" / "stage.json").read_text())["checkpoint"]
     assert load_translator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
-    result = run_adapt("translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
-                       "--input_root", str(tiny_pair / "source"), "--output_root", str(tmp_path / "translated"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stdout, err = adapt_main(capsys, "translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
+                                   "--input_root", str(tiny_pair / "source"), "--output_root",
+                                   str(tmp_path / "translated"))
+    assert code == 0 and "wrote 24 translated images" in stdout, err[-3000:]
     from adapt.data import FolderDataset
 
     translated = FolderDataset(tmp_path / "translated", split="val")
@@ -144,8 +145,8 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair):
     assert len(translated) == len(original)
     assert torch.equal(translated[0]["mask"], original[0]["mask"])  # labels copied along
     assert not torch.equal(translated[0]["image"], original[0]["image"])
-    wrong = run_adapt("evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
-    assert wrong.returncode != 0 and "is a translator" in wrong.stderr
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", t_ckpt, "--root", str(tiny_pair / "target"))
+    assert code == 2 and f"{t_ckpt} is a translator checkpoint; give an F (segmenter) checkpoint" in err
 
     # the F stage's checkpoint: the fit's last.ckpt, an F (segmenter) checkpoint, and what both evaluate stages scored
     from adapt.checkpoints import checkpoint_kind, load_checkpoint
