@@ -23,7 +23,6 @@ import logging
 import re
 import sys
 import warnings
-from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning_fabric.plugins import CheckpointIO
@@ -32,13 +31,12 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt import commands
-from adapt.commands import run_verb
 from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoint, last_checkpoint_path, run_guard
+from adapt.commands import run_verb
 from adapt.errors import ConfigError, DataError, TrainingStopped
 from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
 from adapt.recipe import check_recipe
 from adapt.workflows.experiment import demo_main, run_main
-
 
 
 class _DropTips(logging.Filter):

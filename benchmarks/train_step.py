@@ -28,9 +28,9 @@ import torch
 from torch.nn import functional as nnf
 from torch.utils.data import DataLoader, Dataset
 
+from adapt.callbacks import AtomicCheckpointIO, run_guard
 from adapt.cli import quiet_lightning
 from adapt.nets.segmenter import build_segmenter
-from adapt.callbacks import AtomicCheckpointIO, run_guard
 from adapt.tasks import SegmentationTask
 
 CLASSES = [f"class{i}" for i in range(19)]

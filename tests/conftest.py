@@ -87,7 +87,6 @@ def fit_run(tiny_pair, tmp_path_factory) -> Path:
     Made once for the whole session, also when pytest-xdist runs several workers (the first one to get the lock
     trains; the others wait and reuse its run)."""
     from filelock import FileLock
-
     from test_cli import tiny_recipe
 
     folder = tmp_path_factory.getbasetemp().parent / "fit_run"  # shared by xdist workers

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import adapt_main
 from test_cli import tiny_recipe
 

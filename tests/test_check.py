@@ -5,13 +5,13 @@ import re
 import numpy as np
 import pytest
 import yaml
+from conftest import adapt_main
 from PIL import Image
 
 from adapt.data.check import check_dataset, format_report
 from adapt.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, write_tiny_cityscapes
 from adapt.data.gta5 import write_tiny_gta5
 from adapt.errors import DataError
-from conftest import adapt_main
 
 FOLDER_CLASSES = {"ignore_index": 0, "classes": [{"id": 1, "name": "sky"}, {"id": 2, "name": "road"},
                                                  {"id": 3, "name": "car"}]}

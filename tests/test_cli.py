@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from conftest import REPO, adapt_main
 
 
@@ -97,8 +96,8 @@ def test_data_synth_writes_two_folder_datasets(tmp_path, capsys):
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")))
 def test_every_shipped_recipe_parses(recipe, capsys, monkeypatch):
     """Every recipe resolves (keys, types, class paths) as LightningCLI reads it; experiments are checked too."""
-    from adapt.workflows.experiment import check_experiment
     from adapt.recipe import load_yaml
+    from adapt.workflows.experiment import check_experiment
 
     monkeypatch.chdir(REPO)  # recipes name their files relative to the repository root
     doc = load_yaml(REPO / recipe)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_adapt
 
 pytestmark = pytest.mark.slow  # every test here starts several processes

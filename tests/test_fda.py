@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-
-from adapt.nets.fourier import FourierTranslator, fda_transfer, low_frequency_size
-from adapt.checkpoints import load_translator
 from conftest import adapt_main, tiny_datamodule
+
+from adapt.checkpoints import load_translator
+from adapt.nets.fourier import FourierTranslator, fda_transfer, low_frequency_size
 
 
 def _smooth_images(seed: int, shape=(2, 3, 40, 48)) -> torch.Tensor:

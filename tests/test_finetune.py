@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_datamodule
 
 from adapt.errors import ConfigError
 from adapt.tasks import SegmentationTask
-from conftest import tiny_datamodule
 
 
 def _segmenter_state(path) -> tuple[dict, list[str]]:

@@ -8,8 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt.data.cityscapes import (CITYSCAPES_CLASSES, CityscapesDataset, label_id_palette, label_id_to_train_index,
-                                   write_tiny_cityscapes)
+from adapt.data.cityscapes import (
+    CITYSCAPES_CLASSES,
+    CityscapesDataset,
+    label_id_palette,
+    label_id_to_train_index,
+    write_tiny_cityscapes,
+)
 from adapt.data.gta5 import GTA5Dataset, write_tiny_gta5
 from adapt.data.labels import IGNORE_INDEX
 from adapt.errors import DataError

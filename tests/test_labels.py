@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adapt.data.labels import ClassSet, IGNORE_INDEX, default_palette
+from adapt.data.labels import IGNORE_INDEX, ClassSet, default_palette
 from adapt.errors import DataError
 
 

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import adapt_main
 from PIL import Image
 
 from adapt.data.labels import default_palette
 from adapt.plots import plot_examples
 from adapt.report import worst_classes, worst_classes_line
-from conftest import adapt_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORTS = ("per_class_iou.png", "confusion_matrix.png", "reliability.png", "examples.png")

@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import adapt_main, run_adapt
 from test_cli import tiny_recipe
 

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_datamodule
 
 from adapt.data.augment import build_augment
 from adapt.data.folder import FolderDataset
 from adapt.data.sampling import EvenSampler, ShardedSampler, sample_seed
 from adapt.errors import ConfigError
 from adapt.nets.segmenter import build_segmenter
-from conftest import tiny_datamodule
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

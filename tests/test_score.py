@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import adapt_main
 from PIL import Image
 
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX, label_id_to_train_index, write_tiny_cityscapes
 from adapt.workflows.score import score_predictions
-from conftest import adapt_main
 
 SIZE = (64, 128)
 NO_TRAIN = 31  # label id of class "train": left out of labels and predictions, so its IoU is undefined (NaN)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, adapt_main
 
 from adapt.report import aggregate_seeds, mean_std, plus_minus
-from conftest import REPO, adapt_main
 
 
 def _metrics(miou, acc, ece, x, y):

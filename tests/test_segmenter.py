@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from adapt.errors import ConfigError
 from adapt.inference import predict_padded
 from adapt.nets.segmenter import ARCHS, build_segmenter
-from adapt.errors import ConfigError
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

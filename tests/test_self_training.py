@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 import yaml
-from torch import nn
-
-from adapt.tasks.mixing import (classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
-                                 strong_photometric)
 from conftest import adapt_main
 from test_cli import tiny_recipe
+from torch import nn
+
+from adapt.tasks.mixing import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_photometric
 
 
 def _net(seed: int) -> nn.Module:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import adapt_main
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from adapt.data import FolderDataset
 from adapt.checkpoints import load_segmenter
+from adapt.data import FolderDataset
 from adapt.errors import DataError
 from adapt.workflows.tta import adabn, tent
-from conftest import adapt_main
 
 
 def _bn_names(segmenter) -> tuple[set[str], set[str]]:

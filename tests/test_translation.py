@@ -6,10 +6,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-
-from adapt.tasks import TranslationTask
-from adapt.checkpoints import load_translator
 from conftest import REPO, adapt_main, tiny_datamodule
+
+from adapt.checkpoints import load_translator
+from adapt.tasks import TranslationTask
 
 
 def params(module):

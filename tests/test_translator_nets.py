@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapt.losses import (cycle_loss, discriminator_loss, identity_loss, lsgan_loss,
-                          semantic_consistency_loss)
+from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
 from adapt.nets.discriminator import ImagePool, PatchDiscriminator
 from adapt.nets.translator import ResnetGenerator, init_weights, translate_padded
 

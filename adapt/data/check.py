@@ -17,16 +17,16 @@ Class pixel frequencies are per train class, in percent of labelled pixels (thos
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, IMAGE_SUFFIX, LABEL_SUFFIX, read_list_file
-from adapt.data.folder import IMAGE_SUFFIXES, read_image, read_label
-from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, walk_cityscapes
+from adapt.data.folder import read_image, read_label, walk_folder
+from adapt.data.gta5 import walk_gta5
+from adapt.data.labels import ClassSet
 from adapt.errors import DataError
 
 PROBLEMS = {
@@ -41,77 +41,12 @@ PROBLEMS = {
 EXAMPLES = 5
 
 
-@dataclass
-class _Tree:
-    """The files of one set: ``names`` to check (in order), name -> image / label file (only existing ones)."""
-
-    classes: ClassSet
-    valid: np.ndarray  # bool [256]: values a label file may hold
-    names: list[str]
-    images: dict[str, Path]
-    labels: dict[str, Path]
-    orphans: list[Path] = field(default_factory=list)
-
-
-def _cityscapes_valid() -> np.ndarray:
+def _valid_values(classes: ClassSet, ids: list[int]) -> np.ndarray:
+    """bool [256]: the values a label file may hold (the class map's ids and its ignore value)."""
     valid = np.zeros(256, dtype=bool)
-    valid[[l.id for l in _CITYSCAPES_LABELS if 0 <= l.id < 256]] = True
-    valid[IGNORE_INDEX] = True
-    return valid
-
-
-def _images_in(image_dir: Path) -> dict[str, Path]:
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: folder not found; check the root and the dataset kind")
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    if not images:
-        raise DataError(f"{image_dir}: no .png/.jpg images found; check the root and the dataset kind")
-    return images
-
-
-def _folder_tree(root: Path, split: str | None) -> _Tree:
-    images = _images_in(root / "images")
-    classes = ClassSet.from_yaml(root / "classes.yaml")
-    valid = np.zeros(256, dtype=bool)
-    valid[list(classes.ids)] = True
+    valid[[i for i in ids if 0 <= i < 256]] = True
     valid[classes.ignore_index] = True
-    label_dir = root / "labels"
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
-    names = list(images)
-    if split is not None:
-        split_file = root / "splits" / f"{split}.txt"
-        if not split_file.is_file():
-            raise DataError(f"{split_file}: split list not found; give an existing split or none")
-        names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
-    orphans = [p for n, p in labels.items() if n not in images]
-    return _Tree(classes, valid, names, images, labels, orphans)
-
-
-def _gta5_tree(root: Path, split: str | None) -> _Tree:
-    images = _images_in(root / "images")
-    label_dir = root / "labels"
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
-    names = read_list_file(split) if split is not None else list(images)
-    orphans = [p for n, p in labels.items() if n not in images]
-    return _Tree(CITYSCAPES_CLASSES, _cityscapes_valid(), names, images, labels, orphans)
-
-
-def _cityscapes_tree(root: Path, split: str) -> _Tree:
-    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: folder not found; Cityscapes needs ROOT/leftImg8bit/{{split}}/{{city}}/"
-                        f"*{IMAGE_SUFFIX} (check root and split)")
-    images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
-    if not images:
-        raise DataError(f"{image_dir}: no */*{IMAGE_SUFFIX} images found; expected one folder per city")
-    labels, orphans = {}, []
-    for path in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}")):
-        name = path.name[: -len(LABEL_SUFFIX)]
-        if name in images and images[name].parent.name == path.parent.name:
-            labels[name] = path
-        else:  # no image, or the image sits in another city folder (the loader would not find this label)
-            orphans.append(path)
-    return _Tree(CITYSCAPES_CLASSES, _cityscapes_valid(), list(images), images, labels, orphans)
+    return valid
 
 
 def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, split: str | None = None) -> dict:
@@ -134,14 +69,15 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found; check the path")
-    match kind:
+    match kind:  # the datasets' own walks of their layouts
         case "folder":
-            tree = _folder_tree(root, split)
-        case "gta5":
-            tree = _gta5_tree(root, split)
-        case "cityscapes":
-            split = split or "val"
-            tree = _cityscapes_tree(root, split)
+            tree, classes = walk_folder(root, split), ClassSet.from_yaml(root / "classes.yaml")
+            valid = _valid_values(classes, list(classes.ids))
+        case "gta5" | "cityscapes":
+            split = (split or "val") if kind == "cityscapes" else split
+            tree = walk_gta5(root, split) if kind == "gta5" else walk_cityscapes(root, split)
+            classes = CITYSCAPES_CLASSES
+            valid = _valid_values(classes, [label.id for label in _CITYSCAPES_LABELS])
         case _:
             raise DataError(f"dataset kind {kind!r}: choose folder, gta5 or cityscapes")
 
@@ -179,7 +115,7 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
             continue
         counts = np.bincount(label.ravel(), minlength=256)
         histogram += counts
-        bad = np.flatnonzero(counts * ~tree.valid)
+        bad = np.flatnonzero(counts * ~valid)
         if bad.size:
             shown = ", ".join(map(str, bad[:8])) + (", ..." if bad.size > 8 else "")
             add("bad_label_values", rel(label_path), f"values {shown}")
@@ -191,11 +127,11 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
     for path in tree.orphans:
         add("orphan_label", rel(path))
 
-    lut = tree.classes.lookup_table()
-    class_pixels = np.bincount(lut, weights=histogram, minlength=256)[: tree.classes.num_classes]
+    lut = classes.lookup_table()
+    class_pixels = np.bincount(lut, weights=histogram, minlength=256)[: classes.num_classes]
     labelled = int(class_pixels.sum())
     frequencies = {n: (round(100 * float(c) / labelled, 4) if labelled else None)
-                   for n, c in zip(tree.classes.names, class_pixels)}
+                   for n, c in zip(classes.names, class_pixels)}
     counts = {"samples": len(tree.names), "images": sum(n in tree.images for n in tree.names),
               "labels": sum(n in tree.labels for n in tree.names), "pairs": pairs,
               "label_pixels": int(histogram.sum()), "labelled_pixels": labelled}

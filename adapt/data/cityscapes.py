@@ -19,8 +19,8 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 from PIL import Image
 
-from adapt.data.folder import ImageLabelDataset
-from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.data.folder import ImageLabelDataset, Tree
+from adapt.data.labels import IGNORE_INDEX, ClassSet
 from adapt.errors import DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -78,6 +78,27 @@ def read_list_file(list_file: str | Path, suffix: str = "") -> list[str]:
     return stems
 
 
+def walk_cityscapes(root: Path, split: str = "val") -> Tree:
+    """The official layout: ``root/leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png`` with its label
+    ``root/gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png``; a label whose image is missing or sits in another city
+    folder is an orphan (the loader would not find it). DataError when the split has no images."""
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; Cityscapes needs ROOT/leftImg8bit/{{split}}/{{city}}/"
+                        f"*{IMAGE_SUFFIX} (unpack leftImg8bit_trainvaltest.zip into ROOT, check root and split)")
+    images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
+    if not images:
+        raise DataError(f"{image_dir}: no */*{IMAGE_SUFFIX} images found; expected one folder per city")
+    labels, orphans = {}, []
+    for path in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}")):
+        name = path.name[: -len(LABEL_SUFFIX)]
+        if name in images and images[name].parent.name == path.parent.name:
+            labels[name] = path
+        else:
+            orphans.append(path)
+    return Tree(list(images), images, labels, orphans)
+
+
 class PairedDataset(ImageLabelDataset):
     """A dataset whose label files hold Cityscapes label ids (Cityscapes, GTA5): mapped to the 19 train ids."""
 
@@ -104,12 +125,7 @@ class CityscapesDataset(PairedDataset):
         super().__init__(root, labels, transform)
         self.split = split
         image_dir = self.root / "leftImg8bit" / split
-        if not image_dir.is_dir():
-            raise DataError(f"{image_dir}: folder not found; Cityscapes needs ROOT/leftImg8bit/{{split}}/{{city}}/"
-                            f"*{IMAGE_SUFFIX} (unpack leftImg8bit_trainvaltest.zip into ROOT, check root and split)")
-        images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
-        if not images:
-            raise DataError(f"{image_dir}: no */*{IMAGE_SUFFIX} images found; expected one folder per city")
+        images = walk_cityscapes(self.root, split).images
         if list_file is not None:
             names = read_list_file(list_file, suffix="_leftImg8bit")
             missing = [n for n in names if n not in images]

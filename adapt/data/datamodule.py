@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,8 +23,8 @@ from adapt.data.augment import build_augment, seed_augment
 from adapt.data.datasets import DatasetKind, dataset_classes, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.data.labels import ClassSet
-from adapt.errors import DataError
 from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
+from adapt.errors import DataError
 
 
 def seed_worker(worker_id: int) -> None:

@@ -5,8 +5,9 @@ Optional split lists: ``ROOT/splits/SPLIT.txt``, one NAME per line.
 
 from __future__ import annotations
 
-from functools import cached_property
 import sys
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,44 @@ from adapt.data.labels import ClassSet
 from adapt.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class Tree:
+    """The files of one set of a dataset, as its layout's walk finds them (the one walk of each layout, shared by
+    the datasets and ``adapt data check``): ``names`` to read, in order; name -> image file and name -> label
+    file (existing files only); ``orphans``: label files that belong to no image."""
+
+    names: list[str]
+    images: dict[str, Path]
+    labels: dict[str, Path]
+    orphans: list[Path] = field(default_factory=list)
+
+
+def images_in(image_dir: Path) -> dict[str, Path]:
+    """name (stem) -> image file of the .png/.jpg files in ``image_dir``, sorted; {} when it holds none."""
+    return {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def walk_folder(root: Path, split: str | None = None) -> Tree:
+    """The folder layout: ``root/images/NAME.*``, ``root/labels/NAME.png``, optional ``root/splits/SPLIT.txt``.
+    DataError when ``images/``, the split list or any image is missing."""
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
+                        "and ROOT/classes.yaml (check the path)")
+    images = images_in(image_dir)
+    names = list(images)
+    if split is not None:
+        split_file = root / "splits" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DataError(f"{split_file}: split list not found; give an existing split or none")
+        names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
+    if not images or not names:
+        raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
+    label_dir = root / "labels"
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
+    return Tree(names, images, labels, [p for n, p in labels.items() if n not in images])
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -122,7 +161,7 @@ class ImageLabelDataset(Dataset):
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
         if self.bad_images == "skip":
-            sample["skipped"] = skipped  # samples passed over to reach this one (counted by adapt.safety.RunGuard)
+            sample["skipped"] = skipped  # samples passed over to reach this one (counted by adapt.callbacks.RunRecord)
         return sample
 
 
@@ -144,30 +183,19 @@ class FolderDataset(ImageLabelDataset):
                  transform: Callable | None = None) -> None:
         super().__init__(root, labels, transform)
         self.split = split
+        tree = walk_folder(self.root, split)
         image_dir = self.root / "images"
-        if not image_dir.is_dir():
-            raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
-                            "and ROOT/classes.yaml (check the path)")
         class_file = self.root / "classes.yaml"
         self.classes = ClassSet.from_yaml(class_file) if labels or class_file.is_file() else None
         if self.classes is not None:
             self.known_values = np.zeros(256, dtype=bool)
             ignore = [self.classes.ignore_index] if 0 <= self.classes.ignore_index < 256 else []
             self.known_values[[*self.classes.ids, *ignore]] = True
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-        if split is not None:
-            split_file = self.root / "splits" / f"{split}.txt"
-            if not split_file.is_file():
-                raise DataError(f"{split_file}: split list not found; give an existing split or none")
-            names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
-            missing = [n for n in names if n not in images]
-            if missing:
-                raise DataError(f"{split_file}: {len(missing)} listed images are not in {image_dir} "
-                                f"(first: {missing[0]})")
-        else:
-            names = list(images)
-        if not names:
-            raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
+        images, names = tree.images, tree.names
+        missing = [n for n in names if n not in images]
+        if missing:
+            raise DataError(f"{self.root / 'splits' / f'{split}.txt'}: {len(missing)} listed images are not in "
+                            f"{image_dir} (first: {missing[0]})")
         self.names = names
         self.images = [images[n] for n in names]
         self.label_files = [self.root / "labels" / f"{n}.png" for n in names]
@@ -177,7 +205,7 @@ class FolderDataset(ImageLabelDataset):
                 raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
                                 "label); add the labels or use the folder as an unlabelled target")
             label_dir = self.root / "labels"
-            orphans = [] if split is not None else sorted(p for p in label_dir.glob("*.png") if p.stem not in images)
+            orphans = [] if split is not None else tree.orphans
             if orphans:
                 raise DataError(f"{orphans[0]}: label without an image ({len(orphans)} labels in {label_dir} have "
                                 f"no image in {image_dir}); add the images or remove the labels")

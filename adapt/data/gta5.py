@@ -18,8 +18,24 @@ import numpy as np
 from PIL import Image
 
 from adapt.data.cityscapes import PairedDataset, label_id_palette, read_list_file
-from adapt.data.folder import IMAGE_SUFFIXES
+from adapt.data.folder import Tree, images_in
 from adapt.errors import DataError
+
+
+def walk_gta5(root: Path, list_file: str | Path | None = None) -> Tree:
+    """The GTA5 download layout: ``root/images/NNNNN.png``, ``root/labels/NNNNN.png``; ``names``: the list file's
+    stems (in its order) or every image. DataError when ``images/`` is missing or empty."""
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; GTA5 needs ROOT/images/NNNNN.png and "
+                        "ROOT/labels/NNNNN.png (unpack the image and label archives into ROOT, check root)")
+    images = images_in(image_dir)
+    if not images:
+        raise DataError(f"{image_dir}: no .png/.jpg images found")
+    label_dir = root / "labels"
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
+    names = read_list_file(list_file) if list_file is not None else list(images)
+    return Tree(names, images, labels, [p for n, p in labels.items() if n not in images])
 
 
 class GTA5Dataset(PairedDataset):
@@ -46,26 +62,22 @@ class GTA5Dataset(PairedDataset):
                  list_file: str | Path | None = None) -> None:
         super().__init__(root, labels, transform)
         image_dir, label_dir = self.root / "images", self.root / "labels"
-        if not image_dir.is_dir():
-            raise DataError(f"{image_dir}: folder not found; GTA5 needs ROOT/images/NNNNN.png and "
-                            "ROOT/labels/NNNNN.png (unpack the image and label archives into ROOT, check root)")
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-        if not images:
-            raise DataError(f"{image_dir}: no .png/.jpg images found")
+        tree = walk_gta5(self.root, list_file)
+        images = tree.images
         self.unpaired: list[str] = []
         all_images = set(images)
         if labels:
             if not label_dir.is_dir():
                 raise DataError(f"{label_dir}: folder not found; unpack the GTA5 label archives into ROOT "
                                 "or use labels=False")
-            label_stems = {p.stem for p in label_dir.glob("*.png")}
+            label_stems = set(tree.labels)
             self.unpaired = sorted(set(images) ^ label_stems)
             images = {n: p for n, p in images.items() if n in label_stems}
             if not images:
                 raise DataError(f"{self.root}: no image in {image_dir} has a label of the same name in {label_dir} "
                                 f"({len(self.unpaired)} unpaired files); check that both folders hold NNNNN.png")
         if list_file is not None:
-            names = read_list_file(list_file)
+            names = tree.names
             absent = [n for n in names if n not in all_images]
             if absent:
                 raise DataError(f"{list_file}: {len(absent)} listed images are not in {image_dir} "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
+
 def low_frequency_size(height: int, width: int, beta: float) -> int:
     """Half-side ``b`` of the swapped square: frequencies ``-b..b`` on both axes (0: nothing is swapped)."""
     return int(beta * min(height, width))

@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as nnf
 
 from adapt.data.sampling import MIX, derive_seed, global_seed
-from adapt.losses import entropy
 from adapt.errors import ConfigError
+from adapt.losses import entropy
 from adapt.nets.translator import translate_padded
 from adapt.tasks.mixing import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_photometric
 from adapt.tasks.segmentation import SegmentationTask

@@ -38,12 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-from adapt.workflows.evaluate import evaluate
-from adapt.workflows.fda import fda_checkpoint
-from adapt.workflows.tta import adapt_checkpoint
 from adapt.errors import ConfigError
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
+from adapt.workflows.evaluate import evaluate
+from adapt.workflows.fda import fda_checkpoint
+from adapt.workflows.tta import adapt_checkpoint
 
 STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"},
               "fda": {"name", "fda"}}

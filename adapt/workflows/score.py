@@ -23,7 +23,7 @@ import torch
 from adapt.data.cityscapes import label_id_to_train_index
 from adapt.data.datasets import open_dataset
 from adapt.data.folder import read_label
-from adapt.data.labels import ClassSet, IGNORE_INDEX
+from adapt.data.labels import IGNORE_INDEX, ClassSet
 from adapt.errors import DataError
 from adapt.metrics import confusion_matrix, summarize
 from adapt.report import per_class_table, write_json

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adapt.data.folder import FolderDataset
 from adapt.checkpoints import load_translator
+from adapt.data.folder import FolderDataset
 from adapt.errors import ConfigError
 from adapt.nets.translator import translate_padded
 

@@ -20,9 +20,9 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
+from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError
-from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
 from adapt.inference import crop_to_multiple
 from adapt.losses import entropy
 from adapt.nets.segmenter import Segmenter
