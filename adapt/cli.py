@@ -107,6 +107,7 @@ class AdaptCLI(LightningCLI):
         """``--resume``: continue the newest ``last.ckpt`` of this run (``--ckpt_path`` names one explicitly)."""
         config = self.config_init["fit"]
         resume, config["resume"] = config.get("resume"), False
+        self.config["fit"]["resume"] = False  # config.yaml (saved when the fit starts) re-runs, not resumes
         self._weights_only_by_default()
         if not resume:
             return
@@ -169,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage:\n" + __doc__.split("\n\n", 1)[1].rstrip())  # every verb; `adapt VERB --help`: its arguments
+        return
     try:
-        verb = " ".join(argv[:2]) if argv[:1] == ["data"] else (argv[0] if argv else "")
+        verb = " ".join(argv[:2]) if argv[:1] == ["data"] else argv[0]
         if verb in commands.VERBS:
             run_verb(verb, argv[len(verb.split()):])
         elif argv[:1] == ["data"]:

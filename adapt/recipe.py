@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from adapt.errors import ConfigError
 
 TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only",
-             "optimizer", "lr_scheduler"}
+             "optimizer", "lr_scheduler", "resume"}
 FIXED = {"trainer": Trainer, "checkpoint": ModelCheckpoint}
 
 

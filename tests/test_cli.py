@@ -26,7 +26,10 @@ def test_fit_then_evaluate_through_the_cli(fit_run, tiny_pair, tmp_path, capsys)
     # everything the run wrote is under default_root_dir: checkpoint, resolved config, logs
     assert list(fit_run.rglob("config.yaml")) and list(fit_run.rglob("metrics.csv"))
     config = yaml.safe_load(next(fit_run.rglob("config.yaml")).read_text())
-    assert config["model"]["init_args"]["arch"] == "fpn"
+    assert config["model"]["init_args"]["arch"] == "fpn" and config["resume"] is False
+    # the saved config.yaml is a recipe: it passes the key check and resolves again
+    code, out, err = adapt_main(capsys, "fit", "--config", str(next(fit_run.rglob("config.yaml"))), "--print_config")
+    assert code == 0 and yaml.safe_load(out)["model"]["init_args"]["arch"] == "fpn", err[-2000:]
 
     out = tmp_path / "eval"
     code, stdout, stderr = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpts[0]), "--root",
@@ -80,6 +83,22 @@ def test_evaluate_bad_inputs(tmp_path, tiny_pair, capsys):
     junk.write_bytes(b"not a checkpoint")
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(junk), "--root", str(tiny_pair / "target"))
     assert code == 2 and "junk.ckpt" in err and "not a readable checkpoint" in err
+
+
+def test_help_lists_every_verb_and_each_verb_its_arguments(capsys):
+    from adapt.commands import VERBS
+
+    code, out, _ = adapt_main(capsys, "--help")
+    assert code == 0 and out.startswith("usage:")
+    for verb in [*VERBS, "fit", "run", "demo"]:
+        assert f"adapt {verb}" in out, verb
+    with pytest.raises(SystemExit) as exit_:  # jsonargparse's help, from the function's signature and docstring
+        from adapt.cli import main
+
+        main(["tta", "--help"])
+    assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--method {adabn,tent}" in help_text and "TENT: Adam steps on BatchNorm's affine parameters" in help_text
 
 
 def test_data_synth_writes_two_folder_datasets(tmp_path, capsys):

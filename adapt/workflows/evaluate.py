@@ -98,7 +98,11 @@ def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict 
         for root in roots:
             generator = load_translator(translator, "target-to-source", {"target": domain_name(root)})
         task.set_eval_translator(generator)
-    task.set_eval_protocol(protocol or make_protocol("full"))
+    try:  # a protocol dict from an experiment file is checked like the command line's options
+        task.set_eval_protocol(make_protocol(**{k: protocol[k] for k in ("mode", "size", "window", "stride")
+                                                if k in protocol}) if protocol else make_protocol("full"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return task
 
 
