@@ -86,6 +86,13 @@ def test_the_layout_check_catches_an_upward_import(tmp_path):
     assert found == {"adapt.workflows.evaluate"} and layer("adapt.workflows.evaluate") > layer("adapt.nets.probe")
 
 
+def test_imports_are_absolute():
+    """Relative imports would slip past the checks above: adapt imports itself by absolute names only."""
+    relative = [f"{p.relative_to(PACKAGE.parent)}:{n.lineno}" for p in PACKAGE.rglob("*.py")
+                for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert not relative, relative
+
+
 def test_files_stay_under_300_lines_and_no_module_is_named_like_a_test():
     long = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 300]

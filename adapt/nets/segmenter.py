@@ -1,7 +1,7 @@
 """The segmenter F: an smp model (or an FCN head on an smp encoder) that normalizes its own input.
 
 ``Segmenter(x)``: float [B, 3, H, W] in [0, 1] -> logits float [B, num_classes, H, W]. H and W must be multiples
-of ``output_stride`` (32); ``adapt.metrics.predict_padded`` pads arbitrary sizes.
+of ``output_stride`` (32); ``adapt.inference.predict_padded`` pads arbitrary sizes.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class SegmentationTask(pl.LightningModule):
         self.test_calibration = Calibration(ignore_index=ignore_index)
         self.test_results: dict = {}
         self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
-        self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.evaluate)
+        self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.workflows.evaluate)
         self.examples: list[dict] = []
         # frozen translators are plain attributes, not submodules: not trained, not saved in F's checkpoint
         self.__dict__["train_translator"] = None  # g_st applied to x_s in training_step
@@ -131,7 +131,7 @@ class SegmentationTask(pl.LightningModule):
         self.__dict__["eval_translator"] = generator
 
     def set_eval_protocol(self, protocol: dict | None) -> None:
-        """Evaluate under ``protocol`` (``adapt.metrics.make_protocol``: full, resize or slide; None = full)."""
+        """Evaluate under ``protocol`` (``adapt.inference.make_protocol``: full, resize or slide; None = full)."""
         self.eval_protocol = protocol or make_protocol("full")
 
     def on_fit_start(self) -> None:

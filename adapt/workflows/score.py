@@ -70,7 +70,7 @@ def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
 def score_predictions(predictions: str | Path, root: str | Path, kind: str = "folder", split: str | None = None,
                       id_type: str = "label", out: str | Path | None = None, verbose: bool = True) -> dict:
     """Score the label PNGs in ``predictions`` against the labelled set ``root`` (``kind``, ``split`` as in
-    ``adapt.data.datamodule.open_dataset``).
+    ``adapt.data.datasets.open_dataset``).
 
     Returns the metrics dict written to ``out/metrics.json`` (default: ``predictions/metrics.json``): ``miou``,
     ``per_class_iou`` (class -> percent or None), ``pixel_accuracy`` (percent), ``num_images``, ``protocol``
