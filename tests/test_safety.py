@@ -59,6 +59,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted
     assert "git_commit" in record
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_pair):
     recipe = str(tiny_recipe(tmp_path, tiny_pair))
     run_dir = tmp_path / "run"
