@@ -42,9 +42,10 @@ def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
 
 
-def mean_iou(cm: torch.Tensor) -> float:
-    """Macro mean of the defined per-class IoUs, in [0, 1] (NaN when no class is defined)."""
-    iou = iou_per_class(cm)
+def mean_iou(cm: torch.Tensor, num_classes: int | None = None) -> float:
+    """Macro mean of the defined per-class IoUs of the first ``num_classes`` classes (all when None), in [0, 1]
+    (NaN when no class is defined)."""
+    iou = iou_per_class(cm)[:num_classes]
     return float(iou.nanmean()) if (~iou.isnan()).any() else math.nan
 
 
@@ -61,7 +62,7 @@ def summarize(cm: torch.Tensor, class_names: list[str]) -> dict:
     IoU of its own."""
     iou = iou_per_class(cm)[: len(class_names)]
     pct = lambda v: None if math.isnan(v) else round(100 * v, 6)  # noqa: E731
-    return {"miou": pct(float(iou.nanmean())) if (~iou.isnan()).any() else None,
+    return {"miou": pct(mean_iou(cm, len(class_names))),
             "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
             "pixel_accuracy": pct(pixel_accuracy(cm))}
 

@@ -41,6 +41,13 @@ def images_in(image_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
+def labels_in(label_dir: Path, images: dict[str, Path]) -> tuple[dict[str, Path], list[Path]]:
+    """(name -> label file, label files whose name has no image) of the .png files in ``label_dir`` (none when
+    it is missing), sorted."""
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
+    return labels, [p for n, p in labels.items() if n not in images]
+
+
 def walk_folder(root: Path, split: str | None = None) -> Tree:
     """The folder layout: ``root/images/NAME.*``, ``root/labels/NAME.png``, optional ``root/splits/SPLIT.txt``.
     DataError when ``images/``, the split list or any image is missing."""
@@ -57,9 +64,7 @@ def walk_folder(root: Path, split: str | None = None) -> Tree:
         names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
     if not images or not names:
         raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
-    label_dir = root / "labels"
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
-    return Tree(names, images, labels, [p for n, p in labels.items() if n not in images])
+    return Tree(names, images, *labels_in(root / "labels", images))
 
 
 def read_image(path: Path) -> np.ndarray:

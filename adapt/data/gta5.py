@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from adapt.data.cityscapes import PairedDataset, label_id_palette, read_list_file
-from adapt.data.folder import Tree, images_in
+from adapt.data.folder import Tree, images_in, labels_in
 from adapt.errors import DataError
 
 
@@ -32,10 +32,8 @@ def walk_gta5(root: Path, list_file: str | Path | None = None) -> Tree:
     images = images_in(image_dir)
     if not images:
         raise DataError(f"{image_dir}: no .png/.jpg images found")
-    label_dir = root / "labels"
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
     names = read_list_file(list_file) if list_file is not None else list(images)
-    return Tree(names, images, labels, [p for n, p in labels.items() if n not in images])
+    return Tree(names, images, *labels_in(root / "labels", images))
 
 
 class GTA5Dataset(PairedDataset):
