@@ -1,7 +1,8 @@
 """The segmenter F: an smp model (or an FCN head on an smp encoder) that normalizes its own input.
 
 ``Segmenter(x)``: float [B, 3, H, W] in [0, 1] -> logits float [B, num_classes, H, W]. H and W must be multiples
-of ``output_stride`` (32); ``adapt.inference.predict_padded`` pads arbitrary sizes.
+of ``output_stride`` (32); ``adapt.inference.predict_padded`` pads arbitrary sizes. The input statistics (its
+encoder's pretraining mean and std) are buffers saved with F, so every tool that loads F normalizes alike.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from adapt.errors import ConfigError
+from adapt.nets.pretrained import (IMAGENET_MEAN, IMAGENET_STD, input_statistics, install_hint, map_efficientnet_lite,
+                                   packaged_state)
 
 ARCHS = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus, "fcn": None}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class FCN(nn.Module):
@@ -43,21 +45,32 @@ class FCN(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Normalization (ImageNet mean/std, as buffers) followed by the network.
+    """Normalization (the encoder's pretraining mean/std, as saved buffers) followed by the network.
 
     Args:
         net: maps a normalized float [B, 3, H, W] to logits [B, C, H, W].
         num_classes: C.
+        mean, std: per-channel input statistics for [0, 1] images (``input_statistics(encoder_name)``).
     """
 
     output_stride = 32
 
-    def __init__(self, net: nn.Module, num_classes: int) -> None:
+    def __init__(self, net: nn.Module, num_classes: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         self.net, self.num_classes = net, num_classes
         self.memory_format = torch.contiguous_format
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """Checkpoints written before the statistics were saved hold no ``mean`` / ``std``: keep the built ones
+        (ImageNet's, which every F of those versions used)."""
+        missing = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        for name in ("mean", "std"):
+            if prefix + name in missing:
+                missing.remove(prefix + name)
 
     @property
     def classifier(self) -> nn.Conv2d:
@@ -70,7 +83,19 @@ class Segmenter(nn.Module):
         return self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(((x - self.mean) / self.std).contiguous(memory_format=self.memory_format))
+        return self.net(self.normalize(x))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, H, W] in [0, 1] -> the encoder's input (standardized, in F's memory format)."""
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, C, H, W], the encoder's deepest features [B, D, H/32, W/32]) from one pass."""
+        features = self.net.encoder(self.normalize(x))
+        if hasattr(self.net, "segmentation_head"):  # smp: encoder -> decoder -> head, as SegmentationModel.forward
+            return self.net.segmentation_head(self.net.decoder(features)), features[-1]
+        logits = self.net.head(features[-1])
+        return nnf.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), features[-1]
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -101,7 +126,8 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
         arch: ``unet``, ``fpn``, ``deeplabv3plus`` (smp) or ``fcn``.
         encoder_name: any smp encoder (``resnet18``, ``resnet50``, ``mit_b2``, ``tu-...``).
         encoder_weights: smp's weight name (``imagenet``), a local state-dict file for the encoder, or None
-            (random initialization).
+            (random initialization). ``imagenet`` for ``timm-tf_efficientnet_lite0/1/2`` comes from the
+            installed registry package (``adapt.nets.pretrained``) with no hub; other encoders use smp's hub path.
         num_classes: number of output channels (smp calls it ``classes``).
         kwargs: further arguments of the smp model, by smp's names (``decoder_dropout``, ``decoder_channels``...);
             ``fcn`` takes ``decoder_dropout``.
@@ -112,13 +138,15 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
     local_file = encoder_weights is not None and Path(encoder_weights).suffix in (".pth", ".pt", ".safetensors")
     if local_file and not Path(encoder_weights).is_file():
         raise ConfigError(f"encoder_weights: file {encoder_weights} not found")
-    hub_weights = None if local_file else encoder_weights
+    packaged = packaged_state(encoder_name) if encoder_weights == "imagenet" else None
+    hub_weights = None if local_file or packaged is not None else encoder_weights
     if hub_weights is not None and not encoder_name.startswith("tu-"):
         if not _weights_cached(encoder_name, hub_weights) and not _hub_reachable():
+            hint = install_hint(encoder_name) if hub_weights == "imagenet" else ""
             raise ConfigError(
                 f"encoder_weights: {hub_weights!r} weights for {encoder_name} are not in the Hugging Face cache and "
-                "the hub cannot be reached; set encoder_weights: null (random init), give a local encoder "
-                "state-dict file, or download them once where the hub is reachable")
+                f"the hub cannot be reached; {hint + ', or ' if hint else ''}set encoder_weights: null (random "
+                "init), give a local encoder state-dict file, or download them once where the hub is reachable")
     builder = FCN if key == "fcn" else ARCHS[key]
     known = {name for name, p in inspect.signature(builder).parameters.items() if p.kind is not p.VAR_KEYWORD}
     unknown = sorted(set(kwargs) - (known - {"encoder_name", "encoder_weights", "classes"}))
@@ -142,7 +170,9 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
         else:
             state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
         net.encoder.load_state_dict(state)
-    return Segmenter(net, num_classes)
+    if packaged is not None:
+        net.encoder.load_state_dict(map_efficientnet_lite(packaged, net.encoder.state_dict()))
+    return Segmenter(net, num_classes, *input_statistics(encoder_name))
 
 
 def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_names: list[str],
@@ -157,7 +187,7 @@ def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_name
     classifier = next(name for name, m in segmenter.named_modules() if m is segmenter.classifier)
     head = {f"{classifier}.weight", f"{classifier}.bias"}
     for key, value in own.items():
-        if key in head:
+        if key in head or (key in ("mean", "std") and key not in state):  # F saved before its statistics were
             continue
         if key not in state or state[key].shape != value.shape:
             found = "missing" if key not in state else f"{tuple(state[key].shape)}, here {tuple(value.shape)}"
