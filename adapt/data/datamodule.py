@@ -23,6 +23,7 @@ from adapt.data.augment import build_augment, seed_augment
 from adapt.data.datasets import DatasetKind, dataset_classes, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.data.labels import ClassSet
+from adapt.data.rare_class import RareClassSampler, class_stats
 from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
 from adapt.errors import DataError
 
@@ -65,6 +66,10 @@ class DomainDataModule(pl.LightningDataModule):
         few_shot_split: the labelled split of ``target_root`` to draw them from; it may not share an image with
             the validation split.
         few_shot_repeat: how often each drawn image appears per epoch (a few images among many source ones).
+        rare_class_temperature: rare-class sampling of source images (DAFormer's RCS, ``adapt.data.rare_class``;
+            DAFormer: 0.01): draw a class by rarity, then an image showing it; None draws a plain shuffle. Class
+            pixel counts are read once and cached in ``rare_class_stats.json`` under the trainer's
+            ``default_root_dir``.
     """
 
     def __init__(self, source_root: str, target_root: str, source_split: str | None = None,
@@ -74,7 +79,7 @@ class DomainDataModule(pl.LightningDataModule):
                  persistent_workers: bool = False, source_kind: DatasetKind = "folder",
                  target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None, few_shot: int = 0,
                  few_shot_split: str | None = None, few_shot_repeat: int = 1,
-                 bad_images: Literal["stop", "skip"] = "stop") -> None:
+                 bad_images: Literal["stop", "skip"] = "stop", rare_class_temperature: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.source_kind, self.target_kind = source_kind, target_kind
@@ -91,6 +96,10 @@ class DomainDataModule(pl.LightningDataModule):
             raise DataError(f"data.bad_images: {bad_images!r}; choose stop or skip")
         self.bad_images = bad_images
         self.resume_position: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
+        if rare_class_temperature is not None and (rare_class_temperature <= 0 or few_shot):
+            raise DataError(f"data.rare_class_temperature ({rare_class_temperature}) must be > 0 (DAFormer: 0.01), "
+                            "and rare-class sampling does not combine with data.few_shot; drop one of them")
+        self.rare_class_temperature = rare_class_temperature
         if few_shot < 0 or few_shot_repeat < 1:
             raise DataError(f"data.few_shot ({few_shot}) must be >= 0 and data.few_shot_repeat ({few_shot_repeat}) "
                             ">= 1")
@@ -178,7 +187,13 @@ class DomainDataModule(pl.LightningDataModule):
             if len(dataset) < self.batch_size * world_size:
                 raise DataError(f"{dataset.root}: {len(dataset)} {name} images, fewer than batch_size "
                                 f"{self.batch_size} x {world_size} processes; lower data.batch_size")
-            sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)
+            if name == "source" and self.rare_class_temperature is not None:
+                cache = Path(trainer.default_root_dir) / "rare_class_stats.json" if trainer else None
+                pixels = class_stats(dataset, len(self.classes.names), cache)
+                sampler = RareClassSampler(dataset, pixels, self.rare_class_temperature, world_size, rank,
+                                           seed=global_seed(), stream=stream)
+            else:
+                sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)
             if self.resume_position is not None:
                 epoch, batches = self.resume_position
                 sampler.resume_at(epoch, batches, self.batch_size)

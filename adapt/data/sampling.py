@@ -23,11 +23,12 @@ def global_seed() -> int:
 
 
 # what a derived seed is for: its first word, so that seeds made for different purposes never coincide
-SAMPLE, ORDER, POOL, PROCESS, MIX = 1, 2, 3, 4, 5
+SAMPLE, ORDER, POOL, PROCESS, MIX, RARE = 1, 2, 3, 4, 5, 6
 
 
 def derive_seed(purpose: int, *words: int) -> int:
-    """A 32-bit seed, a pure function of ``purpose`` (SAMPLE, ORDER, POOL, PROCESS, MIX) and non-negative ``words``."""
+    """A 32-bit seed, a pure function of ``purpose`` (SAMPLE, ORDER, POOL, PROCESS, MIX, RARE) and non-negative
+    ``words``."""
     return int(np.random.SeedSequence([purpose, *words]).generate_state(1)[0])
 
 

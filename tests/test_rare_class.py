@@ -1,0 +1,84 @@
+"""Rare-class sampling: class statistics from the labels, the draw against DAFormer's formula, processes, cache."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import tiny_datamodule
+
+from adapt.data.folder import read_label
+from adapt.data.rare_class import MIN_SHARE, RareClassSampler, class_probabilities, class_stats
+from adapt.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def source(tiny_pair):
+    dm = tiny_datamodule(tiny_pair)
+    dm.setup("fit")
+    return dm.source, len(dm.class_names)
+
+
+def test_class_stats_count_label_pixels(source, tmp_path):
+    dataset, num_classes = source
+    cache = tmp_path / "stats.json"
+    pixels = class_stats(dataset, num_classes, cache)
+    for row, path in zip(pixels, dataset.label_files):
+        mask = dataset.lut[read_label(path)]
+        assert row.tolist() == [int((mask == c).sum()) for c in range(num_classes)]
+    assert json.loads(cache.read_text())["pixels"] == pixels.tolist()
+    cache.write_text(json.dumps({"label_files": [str(p) for p in dataset.label_files],
+                                 "pixels": (pixels * 0 + 1).tolist()}))
+    assert (class_stats(dataset, num_classes, cache) == 1).all()  # read from the cache, not counted again
+    cache.write_text("{torn")
+    assert (class_stats(dataset, num_classes, cache) == pixels).all()  # a torn cache is counted anew
+
+
+def test_draw_follows_the_formula(source):
+    dataset, num_classes = source
+    pixels = class_stats(dataset, num_classes)
+    temperature = 0.1
+    frequency = pixels.sum(0) / pixels.sum()
+    present = pixels.sum(0) > 0
+    by_hand = np.where(present, np.exp((1 - frequency) / temperature), 0)
+    by_hand /= by_hand.sum()
+    assert class_probabilities(pixels, temperature) == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand.max() < 0.9 and (by_hand > 0.01).sum() >= 3  # a draw worth testing: several classes in play
+
+    sampler = RareClassSampler(dataset, pixels, temperature, seed=5)
+    draws = [sampler.classes_of_epoch(epoch) for epoch in range(300)]
+    classes = np.concatenate([c for c, _ in draws])
+    images = np.concatenate([i for _, i in draws])
+    seen = np.bincount(classes, minlength=num_classes) / len(classes)
+    tolerance = 4 * np.sqrt(by_hand * (1 - by_hand) / len(classes)) + 1e-9  # 4 binomial standard deviations
+    assert (np.abs(seen - by_hand) <= tolerance).all(), (seen, by_hand)
+    share = pixels[images, classes] / pixels[images].sum(1)
+    assert (share >= MIN_SHARE).all()  # every drawn image shows its drawn class
+    assert sampler.classes_of_epoch(3)[1].tolist() == RareClassSampler(dataset, pixels, temperature,
+                                                                       seed=5).classes_of_epoch(3)[1].tolist()
+    assert sampler.classes_of_epoch(3)[1].tolist() != sampler.classes_of_epoch(4)[1].tolist()
+
+
+def test_two_processes_read_what_one_reads(source):
+    dataset, num_classes = source
+    pixels = class_stats(dataset, num_classes)
+    one = list(RareClassSampler(dataset, pixels, 0.01, seed=2))
+    two = [list(RareClassSampler(dataset, pixels, 0.01, num_replicas=2, rank=r, seed=2)) for r in (0, 1)]
+    interleaved = [pair for step in zip(*two) for pair in step]
+    assert interleaved == one[:len(interleaved)]  # indices and augmentation seeds
+
+
+def test_datamodule_samples_source_by_rarity_and_caches_beside_the_run(tiny_pair, tmp_path):
+    dm = tiny_datamodule(tiny_pair)
+    dm.rare_class_temperature = 0.01
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, default_root_dir=str(tmp_path / "run"),
+                                 lightning_module=None)
+    dm.setup("fit")
+    loaders = dm.train_dataloader()
+    assert isinstance(loaders["source"].sampler, RareClassSampler)
+    assert type(loaders["target"].sampler).__name__ == "ShardedSampler"
+    assert (tmp_path / "run" / "rare_class_stats.json").is_file()
+    with pytest.raises(DataError, match="rare_class_temperature"):
+        type(dm)(str(tiny_pair / "source"), str(tiny_pair / "target"), rare_class_temperature=0)
