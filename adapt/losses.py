@@ -91,3 +91,30 @@ def entropy(scores: torch.Tensor, dim: int = 1, logits: bool = True) -> torch.Te
         log_p = nnf.log_softmax(scores if scores.dtype == torch.float64 else scores.float(), dim=dim)
         return -(log_p.exp() * log_p).sum(dim)
     return -(scores * scores.clamp_min(EPS).log()).sum(dim)
+
+
+def downscale_labels(labels: torch.Tensor, size: tuple[int, int], num_classes: int, min_share: float = 0.75,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """Labels at a feature map's resolution (DAFormer's feature-distance masks): each cell takes the class that
+    covers at least ``min_share`` of its pixels, ``ignore_index`` when no class does (ignored pixels count
+    against every class).
+
+    labels int64 [B, H, W] -> int64 [B, h, w]; H and W multiples of h and w.
+    """
+    valid = labels != ignore_index
+    onehot = nnf.one_hot(torch.where(valid, labels, num_classes), num_classes + 1).permute(0, 3, 1, 2).float()
+    shares = nnf.adaptive_avg_pool2d(onehot[:, :num_classes], size)
+    share, label = shares.max(1)
+    return torch.where(share >= min_share, label, torch.full_like(label, ignore_index))
+
+
+def feature_distance(features: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """DAFormer's ImageNet feature distance: the L2 norm over channels of ``features - reference`` at the cells
+    where ``mask`` holds, as (sum over those cells, their count); the caller divides (over the global batch).
+
+    features float [B, D, h, w] (with grad), reference the same (a frozen ImageNet encoder's; no grad flows into
+    it), mask bool [B, h, w] (thing-class cells).
+    """
+    distance = torch.linalg.vector_norm(features.float() - reference.detach().float(), dim=1)
+    return (distance * mask).sum(), mask.sum()

@@ -90,3 +90,15 @@ def strong_photometric(x: torch.Tensor, generator: torch.Generator, jitter_p: fl
             image = tvf.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
         out.append(image.clamp(0, 1))
     return torch.stack(out)
+
+
+def block_masks(shape: tuple[int, int, int], ratio: float, block: int, generator: torch.Generator) -> torch.Tensor:
+    """MIC's masks: the image cut into ``block`` x ``block`` squares (the last row and column may be cut short),
+    each hidden with probability ``ratio``, drawn by ``generator``.
+
+    shape (B, H, W) -> float [B, 1, H, W]: 0 where hidden, 1 where kept (multiply an image by it).
+    """
+    batch, height, width = shape
+    cells = torch.rand(batch, 1, math.ceil(height / block), math.ceil(width / block), generator=generator)
+    keep = (cells >= ratio).float()
+    return keep.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :height, :width]

@@ -1,0 +1,113 @@
+"""DAFormer's feature distance and MIC's masked images in the self-training task, computed again by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import adapt_main
+from test_self_training import _self_training_recipe
+from torch.nn import functional as nnf
+
+from adapt.data.synthetic import CLASS_NAMES
+from adapt.errors import ConfigError
+from adapt.losses import downscale_labels
+from adapt.tasks import SelfTrainingTask
+from adapt.tasks.mixing import block_masks
+
+NAMES = list(CLASS_NAMES)  # things among them (DAFormer's Cityscapes names): car, person
+
+
+def _logged(task: SelfTrainingTask) -> dict:
+    values = {}
+    task.log_dict = lambda logged, **kwargs: values.update(logged)
+    task.log = lambda name, value, **kwargs: values.__setitem__(name, value)
+    return values
+
+
+def test_block_masks_hide_the_stated_share_in_whole_blocks():
+    masks = block_masks((200, 40, 60), ratio=0.7, block=8, generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (200, 1, 40, 60) and set(masks.unique().tolist()) == {0.0, 1.0}
+    cells = masks[:, 0, ::8, ::8]  # one pixel per block (5 x 8 blocks, the last column 4 px wide)
+    assert torch.equal(masks[:, 0], cells.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, :40, :60])
+    hidden = 1 - cells.mean().item()
+    assert abs(hidden - 0.7) < 4 * (0.7 * 0.3 / cells.numel()) ** 0.5  # within 4 binomial standard deviations
+    assert torch.equal(masks, block_masks((200, 40, 60), 0.7, 8, torch.Generator().manual_seed(0)))
+
+
+def test_masked_loss_learns_the_teachers_labels_of_the_unmasked_image():
+    torch.manual_seed(0)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mixing=False, strong_augment=False,
+                            confidence_weighting=False, mask_ratio=0.7, mask_block=0.25).eval()
+    with torch.no_grad():  # a teacher that differs from the student, so its labels are not the student's own
+        for parameter in task.teacher.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    seen = []
+    task.segmenter.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    values = _logged(task)
+    x_t = torch.rand(2, 3, 64, 64)
+    batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+             "target": {"image": x_t}}
+    task.training_step(batch, 0)
+    x_masked = seen[-1]  # the student's passes: x_s, x_t (no mixing), then the masked image
+    hidden = (x_masked == 0).all(1)
+    assert 0.3 < hidden.float().mean() < 0.95  # (the visible pixels are colour-augmented x_t)
+    blocks = hidden[:, ::16, ::16]  # 16 px blocks: a quarter of the 64 px height
+    assert torch.equal(hidden, blocks.repeat_interleave(16, 1).repeat_interleave(16, 2))
+    with torch.no_grad():
+        student = task.segmenter(x_masked)
+        expected = nnf.cross_entropy(student, task.teacher(x_t).argmax(1))
+        of_masked = nnf.cross_entropy(student, task.teacher(x_masked).argmax(1))
+    torch.testing.assert_close(values["train/loss_masked"], expected, rtol=1e-5, atol=1e-6)
+    assert abs(of_masked - expected) > 1e-3  # the labels of the masked image would give another loss
+
+
+def test_feature_distance_touches_only_thing_pixels():
+    task = SelfTrainingTask(arch="fpn", encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet",
+                            class_names=NAMES, lambda_feature_distance=0.005)
+    assert task.thing_classes.tolist() == [NAMES.index("car"), NAMES.index("person")]
+    x_s = torch.rand(2, 3, 128, 128)
+    y_s = torch.full((2, 128, 128), NAMES.index("road"))
+    y_s[0, :64, :64] = NAMES.index("car")  # 2 x 2 feature cells of image 0
+    y_s[1, 64:, 32:] = NAMES.index("person")  # 2 x 3 cells of image 1
+    y_s[1, :32, :32] = NAMES.index("pole")  # a stuff class outside DAFormer's things
+    y_s[0, 96:, 96:] = 255  # ignored
+    features = torch.randn(2, 320, 4, 4, requires_grad=True)
+    loss, value = task._feature_distance(x_s, y_s, features)
+    loss.backward()
+    cells = downscale_labels(y_s, (4, 4), len(NAMES))
+    things = torch.isin(cells, task.thing_classes)
+    assert things.sum() == 4 + 6
+    touched = features.grad.abs().sum(1) > 0
+    assert torch.equal(touched, things)  # gradient at thing cells only
+    with torch.no_grad():
+        reference = task.imagenet_encoder(task.segmenter.normalize(x_s))[-1]
+    by_hand = (features - reference).norm(dim=1)[things].mean()
+    torch.testing.assert_close(value, by_hand.detach())
+    with pytest.raises(ConfigError, match="feature_distance_classes"):
+        SelfTrainingTask(arch="fpn", class_names=NAMES, feature_distance_classes=["bus"])
+    with pytest.raises(ConfigError, match="set encoder_weights"):
+        SelfTrainingTask(arch="fpn", class_names=NAMES, lambda_feature_distance=0.005)
+
+
+def test_downscaled_labels_need_three_quarters_of_a_cell():
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, :2, :2] = torch.tensor([[1, 1], [1, 0]])  # 3 of 4: class 1
+    labels[0, :2, 2:] = torch.tensor([[1, 1], [0, 0]])  # 2 of 4: no class
+    labels[0, 2:, :2] = torch.tensor([[1, 255], [1, 1]])  # 3 of 4 with one ignored pixel: class 1
+    assert downscale_labels(labels, (2, 2), 3).tolist() == [[[1, 255], [1, 0]]]
+
+
+def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys):
+    recipe = _self_training_recipe(tmp_path, tiny_pair, encoder_name="timm-tf_efficientnet_lite0",
+                                   encoder_weights="imagenet", lambda_feature_distance=0.005, mask_ratio=0.7)
+    config = yaml.safe_load(recipe.read_text())
+    config["data"]["init_args"].update(rare_class_temperature=0.01, augment="strong")
+    config["trainer"].update(max_steps=2, limit_val_batches=1)
+    recipe.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert code == 0, err[-3000:]
+    metrics = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train/feature_distance", "train/loss_masked", "train/loss_mixed"} <= set(metrics)
+    assert (run_dir / "rare_class_stats.json").is_file()
