@@ -17,19 +17,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-# row label -> (evaluate stage, stages whose wall time the row costs)
+# row label -> (evaluate stage, stages whose wall time the row costs); F: FPN on EfficientNet-Lite0 from ImageNet
+# unless the row says "random weights". Test-time rows adapt on the evaluation frames themselves (transductive).
 ROWS = {
     "source only": ("eval_source_only", ["source_only"]),
     "domain randomization (strong)": ("eval_randomized", ["randomized"]),
     "CyCADA: F(g_ts(x_t))": ("eval_cycada_translated_dusk", ["translator"]),
     "CyCADA: F retrained on g_st(x_s)": ("eval_cycada_retrained", ["translator", "retrained_on_translated_day"]),
-    "AdaBN (test time, no labels)": ("eval_adabn", ["adabn"]),
-    "TENT (test time, no labels)": ("eval_tent", ["tent"]),
+    "AdaBN (test time, transductive)": ("eval_adabn", ["adabn"]),
+    "TENT (test time, transductive)": ("eval_tent", ["tent"]),
     "FDA: F trained on FDA-styled day (beta 0.04)": ("eval_fda", ["fda", "F_on_fda_day"]),
-    "self-training from source-only F (EMA, ClassMix)": ("eval_self_training", ["self_training"]),
+    "self-training, DACS-style (from DR F)": ("eval_self_training", ["self_training"]),
+    "  + rare-class sampling, feature dist. (DAFormer)": ("eval_daformer", ["daformer"]),
+    "  + masked image consistency (MIC)": ("eval_mic", ["mic"]),
     "few-shot: 5 labelled dusk frames": ("eval_few_shot", ["few_shot"]),
     "oracle: 31 labelled dusk frames (reference)": ("eval_oracle", ["oracle"]),
+    "random weights: source only": ("eval_random_source_only", ["random_source_only"]),
+    "random weights: domain randomization": ("eval_random_randomized", ["random_randomized"]),
 }
+SELF_TRAINING = ("self_training", "daformer", "mic")  # their validation rounds feed selection.json
 
 
 def table(out: Path, seeds: list[int]) -> str:
@@ -61,8 +67,9 @@ def table(out: Path, seeds: list[int]) -> str:
 
 
 def selection_table(out: Path, seeds: list[int], stage: str = "self_training") -> str:
-    """How far the checkpoint each validator chooses (over the stage's per-epoch validation rounds) falls from the
-    one dusk labels would choose (an oracle choice), from ``selection.json``: mean over seeds, per-seed values."""
+    """How far the checkpoint each validator chooses (over the stage's validation rounds) falls from the one dusk
+    labels would choose (an oracle choice), from ``selection.json``: mean over seeds, per-seed values; and the best
+    round, to show whether the run's curve collapses (last round far below its best)."""
     import statistics
 
     reports = {seed: json.loads(path.read_text()) for seed in seeds
@@ -70,11 +77,11 @@ def selection_table(out: Path, seeds: list[int], stage: str = "self_training") -
     if not reports:
         return f"(no selection.json under {out}/seed_*/{stage})"
     rows = {"dusk labels (oracle choice)": [r["label_choice"]["miou"] for r in reports.values()],
-            "last epoch (what the table reports)": [r["last"]["miou"] for r in reports.values()]}
+            "last round (what the table reports)": [r["last"]["miou"] for r in reports.values()]}
     for name in ("entropy", "im", "snd"):
         rows[f"validator: {name}"] = [r["by"][name]["miou"] for r in reports.values() if name in r["by"]]
     best = statistics.mean(rows["dusk labels (oracle choice)"])
-    lines = [f"{stage}: checkpoint chosen over {next(iter(reports.values()))['rounds']} epochs, seeds "
+    lines = [f"{stage}: checkpoint chosen over {next(iter(reports.values()))['rounds']} validation rounds, seeds "
              f"{' '.join(map(str, reports))}",
              f"{'chosen by':<38} {'dusk mIoU (mean)':>16}  {'below oracle choice':>19}  per seed"]
     for label, values in rows.items():
@@ -96,8 +103,9 @@ def main() -> None:
     print(f"\nCamVid day -> dusk, 31 dusk evaluation frames, seeds {' '.join(map(str, args.seeds))}; "
           "mIoU in %, std = sample std over seeds")
     print(table(Path(args.out), args.seeds))
-    print()
-    print(selection_table(Path(args.out), args.seeds))
+    for stage in SELF_TRAINING:
+        print()
+        print(selection_table(Path(args.out), args.seeds, stage))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,21 @@ def test_fit_with_imagenet_lite_weights_offline(tmp_path, tiny_pair):
     checkpoint = torch.load(next((tmp_path / "run").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert torch.equal(checkpoint["state_dict"]["segmenter.mean"].flatten(), torch.full((3,), 0.5))
     assert checkpoint["hyper_parameters"]["encoder_weights"] == "imagenet"
+
+
+def test_every_loader_takes_the_statistics_saved_with_f(segmenter_ckpt, tmp_path):
+    """evaluate, tta, translate (CyCADA's frozen F) and fine-tuning read F through load_segmenter or
+    load_matching: both take the checkpoint's statistics, not the ones the encoder name would give."""
+    from adapt.checkpoints import load_segmenter
+    from adapt.nets.segmenter import load_matching
+
+    checkpoint = torch.load(segmenter_ckpt, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["segmenter.mean"] = torch.full((1, 3, 1, 1), 0.25)
+    path = tmp_path / "f.ckpt"
+    torch.save(checkpoint, path)
+    segmenter, hparams = load_segmenter(path)
+    assert torch.equal(segmenter.mean.flatten(), torch.full((3,), 0.25))
+    fresh = build_segmenter("fpn", hparams["encoder_name"], None, len(hparams["class_names"]))
+    state = {k[len("segmenter."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("segmenter.")}
+    load_matching(fresh, state, hparams["class_names"], hparams["class_names"])
+    assert torch.equal(fresh.mean.flatten(), torch.full((3,), 0.25))
