@@ -158,12 +158,7 @@ class SelfTrainingTask(SegmentationTask):
             loss = loss + hp.lambda_feature_distance * loss_f
             value = value + hp.lambda_feature_distance * values["train/feature_distance"]
         if hp.mask_ratio > 0:
-            x_masked = strong_photometric(x_t, generator) * block_masks(
-                (x_t.shape[0], *x_t.shape[2:]), hp.mask_ratio, max(1, round(hp.mask_block * x_t.shape[2])),
-                generator).to(x_t)
-            ce_k = nnf.cross_entropy(self.segmenter(x_masked).float(), pseudo_t, reduction="none")
-            loss_k, values["train/loss_masked"] = self.global_batch_mean((ce_k * weight_t).sum(),
-                                                                         torch.tensor(ce_k.numel(), device=ce_k.device))
+            loss_k, values["train/loss_masked"] = self._masked_consistency(x_t, pseudo_t, weight_t, generator)
             loss, value = loss + hp.lambda_masked * loss_k, value + hp.lambda_masked * values["train/loss_masked"]
         self.log_dict(values, batch_size=x_s.shape[0])
         self.log("train/loss", value, prog_bar=True, batch_size=x_s.shape[0])
@@ -179,6 +174,17 @@ class SelfTrainingTask(SegmentationTask):
                                  ignore_index=self.hparams.ignore_index)
         total, count = feature_distance(features_s, reference, torch.isin(cells, self.thing_classes.to(cells.device)))
         return self.global_batch_mean(total, count)
+
+    def _masked_consistency(self, x_t: torch.Tensor, pseudo_t: torch.Tensor, weight_t: torch.Tensor,
+                            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """MIC: (loss to backpropagate, value), the weighted cross-entropy of F on colour-augmented x_t with blocks
+        hidden against the teacher's labels of the whole x_t (``pseudo_t`` int64 [B, H, W], ``weight_t`` [B, H, W])."""
+        x_aug = strong_photometric(x_t, generator)  # (draws first, then the masks)
+        block = max(1, round(self.hparams.mask_block * x_t.shape[2]))
+        masks = block_masks((x_t.shape[0], *x_t.shape[2:]), self.hparams.mask_ratio, block, generator)
+        x_masked = x_aug * masks.to(x_t)
+        ce = nnf.cross_entropy(self.segmenter(x_masked).float(), pseudo_t, reduction="none")
+        return self.global_batch_mean((ce * weight_t).sum(), torch.tensor(ce.numel(), device=ce.device))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """The EMA update, after the optimizer step (``global_step`` already counts it). Under DDP the students are
