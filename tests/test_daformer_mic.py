@@ -111,3 +111,30 @@ def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys)
     metrics = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/feature_distance", "train/loss_masked", "train/loss_mixed"} <= set(metrics)
     assert (run_dir / "rare_class_stats.json").is_file()
+
+
+def test_statistics_kept_normalizes_by_batch_and_records_nothing():
+    from adapt.nets.segmenter import build_segmenter
+    from adapt.tasks.mixing import statistics_kept
+
+    segmenter = build_segmenter("fpn", "timm-tf_efficientnet_lite0", None, num_classes=3, decoder_dropout=0.0).train()
+    before = {k: v.clone() for k, v in segmenter.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)  # the same drop-path draws in both passes
+    with statistics_kept(segmenter):
+        kept = segmenter(x)
+    assert all(torch.equal(v, before[k]) for k, v in segmenter.state_dict().items())  # nothing recorded
+    torch.manual_seed(0)
+    assert torch.allclose(kept, segmenter(x), atol=1e-5)  # the same batch-statistics output as a train-mode pass
+    assert any(not torch.equal(v, before[k]) for k, v in segmenter.state_dict().items())  # which does record
+
+
+def test_masked_images_do_not_move_batchnorm_statistics():
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7).train()
+    batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+             "target": {"image": torch.rand(2, 3, 64, 64)}}
+    _logged(task)
+    task.training_step(batch, 0)
+    counters = [m.num_batches_tracked.item() for m in task.segmenter.modules()
+                if isinstance(m, torch.nn.BatchNorm2d)]
+    assert counters and set(counters) == {2}  # the source and the mixed pass; not the masked one

@@ -7,6 +7,8 @@ pixels no loss sees; probabilities float [B, C, H, W] (softmax over C).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torchvision.transforms.v2 import functional as tvf
@@ -102,3 +104,19 @@ def block_masks(shape: tuple[int, int, int], ratio: float, block: int, generator
     cells = torch.rand(batch, 1, math.ceil(height / block), math.ceil(width / block), generator=generator)
     keep = (cells >= ratio).float()
     return keep.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :height, :width]
+
+
+@contextmanager
+def statistics_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, train-mode BatchNorm layers of ``module`` still normalize with the batch's statistics but
+    leave their running statistics (and batch counter) as they are: for auxiliary inputs such as MIC's masked
+    images, whose statistics (70 % black) are not the target's."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False  # in train mode: batch statistics, nothing recorded (timm's norms alike)
+    try:
+        yield
+    finally:
+        for m, track in zip(norms, saved):
+            m.track_running_stats = track

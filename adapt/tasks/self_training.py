@@ -12,7 +12,7 @@ from adapt.errors import ConfigError
 from adapt.losses import downscale_labels, entropy, feature_distance
 from adapt.nets.translator import translate_padded
 from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
-                                strong_photometric)
+                                statistics_kept, strong_photometric)
 from adapt.tasks.segmentation import SegmentationTask
 
 # DAFormer's thing classes (Cityscapes names): the classes the ImageNet feature distance applies to
@@ -183,7 +183,9 @@ class SelfTrainingTask(SegmentationTask):
         block = max(1, round(self.hparams.mask_block * x_t.shape[2]))
         masks = block_masks((x_t.shape[0], *x_t.shape[2:]), self.hparams.mask_ratio, block, generator)
         x_masked = x_aug * masks.to(x_t)
-        ce = nnf.cross_entropy(self.segmenter(x_masked).float(), pseudo_t, reduction="none")
+        with statistics_kept(self.segmenter):  # 70 % black images must not become F's BatchNorm statistics
+            logits_masked = self.segmenter(x_masked)
+        ce = nnf.cross_entropy(logits_masked.float(), pseudo_t, reduction="none")
         return self.global_batch_mean((ce * weight_t).sum(), torch.tensor(ce.numel(), device=ce.device))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
