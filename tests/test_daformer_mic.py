@@ -138,3 +138,14 @@ def test_masked_images_do_not_move_batchnorm_statistics():
     counters = [m.num_batches_tracked.item() for m in task.segmenter.modules()
                 if isinstance(m, torch.nn.BatchNorm2d)]
     assert counters and set(counters) == {2}  # the source and the mixed pass; not the masked one
+
+
+def test_keep_statistics_leaves_batchnorm_statistics_as_they_started():
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7, keep_statistics=True).train()
+    before = {k: v.clone() for k, v in task.segmenter.state_dict().items() if "running" in k}
+    batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+             "target": {"image": torch.rand(2, 3, 64, 64)}}
+    _logged(task)
+    task.training_step(batch, 0).backward()
+    assert before and all(torch.equal(task.segmenter.state_dict()[k], v) for k, v in before.items())
+    assert all(m.track_running_stats for m in task.segmenter.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -63,6 +63,9 @@ class SelfTrainingTask(SegmentationTask):
         mask_ratio: MIC's share of hidden blocks (0: off; MIC: 0.7). Costs one more forward pass of F.
         mask_block: side of a hidden block as a share of the image height (MIC: 64 px of 512, 0.125).
         lambda_masked: weight of the masked-image loss (MIC: 1).
+        keep_statistics: F's BatchNorm running statistics stay those it starts with (``init_from``: say an F whose
+            statistics AdaBN took from the unlabelled target images, ``adapt tta``); every training pass
+            normalizes with its own batch's statistics and records none. Off: every pass records (source, mixed).
     """
 
     train_domains = ("source", "target")
@@ -71,7 +74,8 @@ class SelfTrainingTask(SegmentationTask):
                  confidence_weighting: bool = True, strong_augment: bool = True, lambda_target: float = 1.0,
                  lambda_entropy: float = 0.0, lambda_feature_distance: float = 0.0,
                  feature_distance_classes: list[str] | None = None, mask_ratio: float = 0.0,
-                 mask_block: float = 0.125, lambda_masked: float = 1.0, **kwargs) -> None:
+                 mask_block: float = 0.125, lambda_masked: float = 1.0, keep_statistics: bool = False,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0 <= ema_alpha < 1 or not 0 <= pseudo_threshold < 1 or not 0 <= mask_ratio < 1:
             raise ConfigError(f"model.init_args.ema_alpha ({ema_alpha}), pseudo_threshold ({pseudo_threshold}) and "
@@ -113,6 +117,12 @@ class SelfTrainingTask(SegmentationTask):
         return self
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.hparams.keep_statistics:
+            with statistics_kept(self.segmenter):
+                return self._step(batch)
+        return self._step(batch)
+
+    def _step(self, batch: dict) -> torch.Tensor:
         hp, ignore = self.hparams, self.hparams.ignore_index
         x_s, y_s, x_t = batch["source"]["image"], batch["source"]["mask"], batch["target"]["image"]
         if x_s.shape != x_t.shape:
