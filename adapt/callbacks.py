@@ -118,14 +118,14 @@ class ResumableCheckpoints(Callback):
         callback = trainer.checkpoint_callback
         if callback is None or not callback.save_last or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(last_checkpoint_path(trainer))
+        trainer.save_checkpoint(last_checkpoint_path(trainer), weights_only=False)  # the full state (resumable)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_sigint()
         if isinstance(exception, SIGTERMException):
             path = last_checkpoint_path(trainer)
             self.interrupting = True
-            trainer.save_checkpoint(path)  # every process takes part; process 0 writes
+            trainer.save_checkpoint(path, weights_only=False)  # every process takes part; process 0 writes
             self.interrupting = False
             exception.checkpoint = str(path)  # read by RunRecord and by the CLI's exit message
 

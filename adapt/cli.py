@@ -8,8 +8,11 @@
     adapt translate --checkpoint T.ckpt --direction source-to-target --input_root DIR --output_root DIR
     adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
     adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation
+    adapt export --checkpoint F.ckpt --output F.onnx [--translator T.ckpt]   ONNX graph of F or F(T(x)), + F.json
+    adapt predict --checkpoint F.ckpt --input DIR|--root DATASET --output DIR [--protocol P] [--confidence true]
     adapt data synth --out DIR [--num_images N] [--size [H,W]] [--seed S]
     adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
+    adapt data gap --source S --target T [--out DIR] [--max_images N]   how far apart two domains are, and how
     adapt run EXPERIMENT.yaml [--out DIR] [--seeds N ...]       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      recipes/demo/demo.yaml and its gap table
 
@@ -20,9 +23,11 @@ The verbs besides LightningCLI's are read from the typed signatures of their fun
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning_fabric.plugins import CheckpointIO
@@ -56,10 +61,25 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+def default_loggers(root: str | Path) -> list:
+    """The loggers of a run whose recipe names none: a CSVLogger (``metrics.csv``; the run folder
+    ``root/lightning_logs/version_N``) and, when the ``tensorboard`` package is installed, a TensorBoardLogger
+    writing its event files into the same folder (curves and pictures: ``tensorboard --logdir root``)."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(root, name="lightning_logs")
+    try:
+        import tensorboard  # noqa: F401  (Lightning's TensorBoardLogger needs it or tensorboardX)
+    except ImportError:
+        return [csv]
+    return [csv, TensorBoardLogger(root, name="lightning_logs", version=csv.version, default_hp_metric=False)]
+
+
 class AdaptCLI(LightningCLI):
     """LightningCLI with the class names linked from the data to the task, a checkpoint callback that always
-    writes ``last.ckpt`` into the run's log folder (under ``trainer.default_root_dir``), ``--resume``, and the
-    callbacks of ``adapt.callbacks.run_guard`` on every Trainer."""
+    writes ``last.ckpt`` into the run's log folder (under ``trainer.default_root_dir``), ``--resume``, the
+    callbacks of ``adapt.callbacks.run_guard`` on every Trainer, and CSV + TensorBoard loggers unless the recipe
+    names its own (``default_loggers``)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -82,6 +102,8 @@ class AdaptCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
+        if config["trainer"].get("logger") is None:  # unset: CSV and TensorBoard (``--trainer.logger=false``: none)
+            kwargs["logger"] = default_loggers(config["trainer"].get("default_root_dir") or os.getcwd())
         trainer = super().instantiate_trainer(**kwargs)
         saver = next((c for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
         try:  # the resolved recipe, as SaveConfigCallback writes it to config.yaml
@@ -131,7 +153,7 @@ def run_lightning(args: list[str]) -> AdaptCLI:
 
     Recipes and overrides are checked first (one-line errors naming the key); what jsonargparse still rejects
     (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
-    if args and args[0] in ("fit", "validate", "test", "predict"):
+    if args and args[0] in ("fit", "validate", "test"):
         check_recipe(args[1:])
     try:
         return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
@@ -178,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         if verb in commands.VERBS:
             run_verb(verb, argv[len(verb.split()):])
         elif argv[:1] == ["data"]:
-            raise ConfigError("adapt data: give synth or check (adapt data check --help)")
+            known = [v.split()[1] for v in commands.VERBS if v.startswith("data ")]
+            raise ConfigError(f"adapt data: give {', '.join(known[:-1])} or {known[-1]} (adapt data VERB --help)")
         elif argv[:1] == ["run"]:
             run_main(argv[1:])
         elif argv[:1] == ["demo"]:

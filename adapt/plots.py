@@ -124,6 +124,21 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: fl
     return blended
 
 
+def example_row(example: dict, palette: np.ndarray) -> np.ndarray:
+    """One example as kept by SegmentationTask -> uint8 [H, 3W, 3]: ``x_t | prediction | ground truth`` (labels as
+    overlays on ``x_t``), for a logger's picture."""
+    x_t = example["x_t"]
+    return np.concatenate([x_t, overlay(x_t, example["pred_t"], palette), overlay(x_t, example["y_t"], palette)], 1)
+
+
+def log_picture(loggers: list, tag: str, image: np.ndarray, step: int) -> None:
+    """Add uint8 [H, W, 3] ``image`` to every logger that takes pictures (TensorBoard's ``add_image``)."""
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+
+
 def plot_examples(examples: list[dict], palette: np.ndarray, names: list[str], path: str | Path,
                   title: str = "") -> Path:
     """A grid: one row per example, columns ``x_t | T(x_t) (when translated) | prediction | ground truth``, the

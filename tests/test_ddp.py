@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_adapt
+from test_logging import events
 
 pytestmark = pytest.mark.slow  # every test here starts several processes
 
@@ -85,6 +86,7 @@ def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segment
         for a, b in zip(state["image_pools"][side]["images"], pools[side]["images"]):
             assert torch.allclose(a, b, atol=1e-9)
     assert [p.name for p in (two.parents[1] / "pictures").iterdir()] == ["final.png"]  # rank 0 alone writes it
+    assert "pictures/final" in events(two.parents[1]).Tags()["images"]  # and logs it to TensorBoard
 
     from adapt.checkpoints import load_translator
 

@@ -20,7 +20,7 @@ from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 from PIL import Image
 
 from adapt.data.folder import ImageLabelDataset, Tree
-from adapt.data.labels import IGNORE_INDEX, ClassSet
+from adapt.data.labels import IGNORE_INDEX, ClassSet, default_palette
 from adapt.errors import DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -57,6 +57,14 @@ def label_id_palette() -> np.ndarray:
         if 0 <= label.id < 256:
             palette[label.id] = label.color
     return palette
+
+
+def class_palette(class_names: list[str]) -> np.ndarray:
+    """uint8 [C, 3] RGB, one colour per class: the official Cityscapes colours for the 19 Cityscapes classes, else
+    ``default_palette`` (``adapt predict``'s colour PNGs, ``adapt export``'s JSON, the logged pictures)."""
+    if list(class_names) == list(CITYSCAPES_CLASSES.names):
+        return label_id_palette()[list(CITYSCAPES_CLASSES.ids)]
+    return default_palette(len(class_names))
 
 
 def read_list_file(list_file: str | Path, suffix: str = "") -> list[str]:

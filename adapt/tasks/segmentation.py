@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.nn import functional as nnf
 
 from adapt.checkpoints import domain_name, load_checkpoint, load_translator, require_kind, segmenter_state
+from adapt.data.cityscapes import class_palette
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.errors import ConfigError
@@ -20,6 +21,9 @@ from adapt.inference import make_protocol, predict
 from adapt.metrics import Calibration, ConfusionMatrix, Validators, summarize
 from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
+from adapt.plots import example_row, log_picture
+
+VAL_PICTURES = 4  # validation examples logged as pictures each round (to loggers that take pictures)
 
 
 class SegmentationTask(pl.LightningModule):
@@ -191,8 +195,14 @@ class SegmentationTask(pl.LightningModule):
         for i in range(min(keep, x_t.shape[0])):
             self.examples.append(_example(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
 
+    def on_validation_epoch_start(self) -> None:
+        self.examples = []
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_step(batch, self.val_cm, self.val_calibration, validators=self.val_validators)
+        pictures = not self.trainer.sanity_checking and any(
+            hasattr(getattr(logger, "experiment", None), "add_image") for logger in self.loggers)
+        self._evaluate_step(batch, self.val_cm, self.val_calibration, VAL_PICTURES - len(self.examples) if pictures
+                            else 0, validators=self.val_validators)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
@@ -212,6 +222,10 @@ class SegmentationTask(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_cm, self.val_calibration)
+        palette = class_palette(self.class_names)
+        for i, example in enumerate(self.examples):  # x_t | prediction | label, for TensorBoard
+            log_picture(self.loggers, f"val/example_{i}", example_row(example, palette), self.global_step)
+        self.examples = []
         scores = self.val_validators.compute()  # reduced over all processes by the metric
         self.val_validators.reset()
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)

@@ -23,6 +23,7 @@ from adapt.errors import ConfigError
 from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
 from adapt.nets.discriminator import ImagePool, PatchDiscriminator
 from adapt.nets.translator import ResnetGenerator, translate_padded
+from adapt.plots import log_picture
 
 
 class TranslationTask(pl.LightningModule):
@@ -194,6 +195,8 @@ class TranslationTask(pl.LightningModule):
         self.train(training)
         grid = torch.cat(list(rows), dim=1)  # [3, rows * H, 4 * W]
         image = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        tag = "pictures/final" if name == "final.png" else "pictures/translation"  # one TensorBoard slider
+        log_picture(self.loggers, tag, image, self.global_step)
         png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
         return atomic_write(folder / name, lambda f: f.write(png))
 
