@@ -16,7 +16,10 @@ from jsonargparse import ArgumentParser
 from adapt.data.check import check_dataset, format_report
 from adapt.data.synthetic import write_pair
 from adapt.workflows.evaluate import evaluate_command
+from adapt.workflows.export import export_onnx
 from adapt.workflows.fda import fda_checkpoint
+from adapt.workflows.gap import data_gap, format_gap
+from adapt.workflows.predict import predict_folder
 from adapt.workflows.translate import translate_folder
 from adapt.workflows.tta import adapt_checkpoint
 
@@ -41,8 +44,11 @@ VERBS: dict[str, tuple[Callable, bool, Callable[[Any], str | None]]] = {
     "fda": (fda_checkpoint, False, lambda r: f"fda: beta {r['beta']}, {r['source_images']} source and "
                                              f"{r['target_images']} target references; wrote {r['output']}"),
     "tta": (adapt_checkpoint, False, _tta_line),
+    "export": (export_onnx, False, lambda r: f"wrote {r['output']} (and {r['metadata']})"),
+    "predict": (predict_folder, False, lambda r: f"wrote {r['num_images']} predictions to {r['output']}"),
     "data synth": (write_pair, False, lambda roots: f"wrote {roots[0]} and {roots[1]}"),
     "data check": (check_dataset, True, _check_report),
+    "data gap": (data_gap, False, format_gap),
 }
 
 
