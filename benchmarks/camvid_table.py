@@ -28,6 +28,7 @@ ROWS = {
     "TENT (test time, transductive)": ("eval_tent", ["tent"]),
     "FDA: F trained on FDA-styled day (beta 0.04)": ("eval_fda", ["fda", "F_on_fda_day"]),
     "DR F + AdaBN on the 31 training dusk images": ("eval_randomized_adabn", ["randomized", "randomized_adabn"]),
+    "source-only F + AdaBN on the 31 training dusk images": ("eval_source_only_adabn", ["source_only_adabn"]),
     "self-training, DACS-style (from the row above)": ("eval_self_training", ["self_training"]),
     "  + rare-class sampling, feature dist. (DAFormer)": ("eval_daformer", ["daformer"]),
     "  + masked image consistency (MIC)": ("eval_mic", ["mic"]),
