@@ -88,6 +88,7 @@ class SegmentationTask(pl.LightningModule):
         self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
         self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.workflows.evaluate)
         self.examples: list[dict] = []
+        self._val_pictures = 0  # validation samples kept as pictures this round (loggers that take them)
         # frozen translators are plain attributes, not submodules: not trained, not saved in F's checkpoint
         self.__dict__["train_translator"] = None  # g_st applied to x_s in training_step
         self.__dict__["eval_translator"] = None  # g_ts applied to x_t before F in validation / test
@@ -197,12 +198,12 @@ class SegmentationTask(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.examples = []
+        self._val_pictures = VAL_PICTURES if not self.trainer.sanity_checking and any(  # once per round
+            hasattr(getattr(logger, "experiment", None), "add_image") for logger in self.loggers) else 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pictures = not self.trainer.sanity_checking and any(
-            hasattr(getattr(logger, "experiment", None), "add_image") for logger in self.loggers)
-        self._evaluate_step(batch, self.val_cm, self.val_calibration, VAL_PICTURES - len(self.examples) if pictures
-                            else 0, validators=self.val_validators)
+        self._evaluate_step(batch, self.val_cm, self.val_calibration, self._val_pictures - len(self.examples),
+                            validators=self.val_validators)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
