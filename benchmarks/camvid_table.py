@@ -32,6 +32,8 @@ ROWS = {
     "self-training, DACS-style (from the row above)": ("eval_self_training", ["self_training"]),
     "  + rare-class sampling, feature dist. (DAFormer)": ("eval_daformer", ["daformer"]),
     "  + masked image consistency (MIC)": ("eval_mic", ["mic"]),
+    "  MIC, then AdaBN (test time, transductive)": ("eval_mic_adabn", ["mic", "mic_adabn"]),
+    "  MIC, then TENT (test time, transductive)": ("eval_mic_tent", ["mic", "mic_tent"]),
     "few-shot: 5 labelled dusk frames": ("eval_few_shot", ["few_shot"]),
     "oracle: 31 labelled dusk frames (reference)": ("eval_oracle", ["oracle"]),
     "random weights: source only": ("eval_random_source_only", ["random_source_only"]),
