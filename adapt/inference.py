@@ -31,10 +31,11 @@ def crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x[..., : x.shape[-2] // multiple * multiple, : x.shape[-1] // multiple * multiple]
 
 
-def predict_padded(segmenter: torch.nn.Module, image: torch.Tensor, multiple: int = 32) -> torch.Tensor:
-    """Logits for a whole image of any size: pad right/bottom (replicate) to a multiple of ``multiple``, run,
-    crop back. float [B, 3, H, W] in [0, 1] -> float [B, C, H, W]."""
+def predict_padded(segmenter: torch.nn.Module, image: torch.Tensor, multiple: int | None = None) -> torch.Tensor:
+    """Logits for a whole image of any size: pad right/bottom (replicate) to a multiple of ``multiple`` (None:
+    the segmenter's ``output_stride``, else 32), run, crop back. float [B, 3, H, W] in [0, 1] -> float [B, C, H, W]."""
     height, width = image.shape[-2:]
+    multiple = multiple or getattr(segmenter, "output_stride", 32)
     return segmenter(pad_to_multiple(image, multiple))[..., :height, :width]
 
 
@@ -45,7 +46,7 @@ def make_protocol(mode: str = "full", size: tuple[int, int] | None = None, windo
                   stride: tuple[int, int] | None = None) -> dict:
     """A checked protocol dict, as written into every metrics.json:
 
-    - ``{"mode": "full"}``: the whole image, padded to a multiple of the output stride, logits cropped back;
+    - ``{"mode": "full"}``: the whole image, padded to a multiple of F's output stride, logits cropped back;
     - ``{"mode": "resize", "size": [H, W]}``: the input resized (bilinear) to ``size``, the logits resized back
       (bilinear) to the label resolution before the argmax;
     - ``{"mode": "slide", "window": [H, W], "stride": [H, W]}``: windows over the full-resolution image (the last
@@ -67,7 +68,8 @@ def make_protocol(mode: str = "full", size: tuple[int, int] | None = None, windo
                          f"(resize takes --size; slide takes --window and --stride)")
     if mode == "full":
         return {"mode": "full", "description": "whole image at its own resolution, padded (replicate) to a "
-                                               "multiple of 32 and cropped back; labels at full resolution"}
+                                               "multiple of F's output stride (32; a ViT's patch size) and "
+                                               "cropped back; labels at full resolution"}
     if mode == "resize":
         size = pair("size", size)
         return {"mode": "resize", "size": size, "description": f"input resized (bilinear) to {size[0]}x{size[1]}, "
@@ -82,7 +84,7 @@ def make_protocol(mode: str = "full", size: tuple[int, int] | None = None, windo
 
 
 def predict_resize(segmenter: torch.nn.Module, image: torch.Tensor, size: tuple[int, int],
-                   multiple: int = 32) -> torch.Tensor:
+                   multiple: int | None = None) -> torch.Tensor:
     """float [B, 3, H, W] -> logits float [B, C, H, W] computed at ``size`` = (h, w) (bilinear both ways)."""
     height, width = image.shape[-2:]
     size = (int(size[0]), int(size[1]))
@@ -104,7 +106,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def predict_slide(segmenter: torch.nn.Module, image: torch.Tensor, window: tuple[int, int],
-                  stride: tuple[int, int], multiple: int = 32) -> torch.Tensor:
+                  stride: tuple[int, int], multiple: int | None = None) -> torch.Tensor:
     """float [B, 3, H, W] -> logits float [B, C, H, W]: the sum of the (padded) logits of every window covering a
     pixel divided by their count. A window larger than the image shrinks to the image."""
     height, width = image.shape[-2:]
@@ -121,8 +123,9 @@ def predict_slide(segmenter: torch.nn.Module, image: torch.Tensor, window: tuple
 
 
 def predict(segmenter: torch.nn.Module, image: torch.Tensor, protocol: dict | None = None,
-            multiple: int = 32) -> torch.Tensor:
-    """Logits at the input's resolution under ``protocol`` (see ``make_protocol``; None = full).
+            multiple: int | None = None) -> torch.Tensor:
+    """Logits at the input's resolution under ``protocol`` (see ``make_protocol``; None = full), padded to
+    multiples of ``multiple`` (None: the segmenter's ``output_stride``, else 32).
     float [B, 3, H, W] in [0, 1] -> float [B, C, H, W]."""
     mode = (protocol or {}).get("mode", "full")
     if mode == "full":

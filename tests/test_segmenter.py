@@ -6,7 +6,7 @@ from adapt.inference import predict_padded
 from adapt.nets.segmenter import ARCHS, build_segmenter
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - {"dpt"}))  # dpt takes ViTs only: tests/test_archs.py
 def test_each_arch_gives_logits_of_input_size(arch):
     segmenter = build_segmenter(arch, "resnet18", None, num_classes=7).eval()
     x = torch.rand(2, 3, 64, 96)
@@ -68,6 +68,6 @@ def test_local_encoder_weights_file(tmp_path):
 
 def test_unknown_arch_and_encoder():
     with pytest.raises(ConfigError, match="arch"):
-        build_segmenter("segformer", "resnet18", None, 3)
+        build_segmenter("segnet", "resnet18", None, 3)
     with pytest.raises(ConfigError, match="encoder_name"):
         build_segmenter("unet", "resnet1800", None, 3)

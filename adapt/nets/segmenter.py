@@ -1,8 +1,9 @@
-"""The segmenter F: an smp model (or an FCN head on an smp encoder) that normalizes its own input.
+"""The segmenter F: an smp model (or an FCN, DAFormer or ViT net on an smp encoder) that normalizes its own input.
 
 ``Segmenter(x)``: float [B, 3, H, W] in [0, 1] -> logits float [B, num_classes, H, W]. H and W must be multiples
-of ``output_stride`` (32); ``adapt.inference.predict_padded`` pads arbitrary sizes. The input statistics (its
-encoder's pretraining mean and std) are buffers saved with F, so every tool that loads F normalizes alike.
+of ``segmenter.output_stride`` (32; a plain ViT's patch size, 14 for DINOv2); ``adapt.inference.predict_padded``
+pads arbitrary sizes. The input statistics (its encoder's pretraining mean and std) are buffers saved with F, so
+every tool that loads F normalizes alike.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.base import SegmentationModel
 from torch import nn
 from torch.nn import functional as nnf
 
 from adapt.errors import ConfigError
+from adapt.nets.daformer import DAFormer
 from adapt.nets.pretrained import (IMAGENET_MEAN, IMAGENET_STD, input_statistics, install_hint, map_efficientnet_lite,
                                    packaged_state)
-
-ARCHS = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus, "fcn": None}
+from adapt.nets.vit import DPT, ViTUPerNet, is_plain_vit
 
 
 class FCN(nn.Module):
@@ -39,9 +41,22 @@ class FCN(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
                                   nn.ReLU(inplace=True), nn.Dropout(decoder_dropout), nn.Conv2d(hidden, classes, 1))
 
+    @property
+    def classifier(self) -> nn.Conv2d:
+        return self.head[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.encoder(x)[-1])
-        return nnf.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, classes, H, W], the encoder's deepest features [B, D, H/32, W/32]) from one pass."""
+        deepest = self.encoder(x)[-1]
+        return nnf.interpolate(self.head(deepest), size=x.shape[-2:], mode="bilinear", align_corners=False), deepest
+
+
+# arch -> builder(encoder_name=, encoder_weights=, classes=, **kwargs); ``upernet`` on a plain ViT: ViTUPerNet
+ARCHS = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus, "fcn": FCN, "segformer": smp.Segformer,
+         "upernet": smp.UPerNet, "dpt": DPT, "daformer": DAFormer}
 
 
 class Segmenter(nn.Module):
@@ -51,14 +66,14 @@ class Segmenter(nn.Module):
         net: maps a normalized float [B, 3, H, W] to logits [B, C, H, W].
         num_classes: C.
         mean, std: per-channel input statistics for [0, 1] images (``input_statistics(encoder_name)``).
+        output_stride: what H and W must be multiples of (32; a plain ViT's patch size), what
+            ``adapt.inference`` pads to.
     """
 
-    output_stride = 32
-
     def __init__(self, net: nn.Module, num_classes: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, output_stride: int = 32) -> None:
         super().__init__()
-        self.net, self.num_classes = net, num_classes
+        self.net, self.num_classes, self.output_stride = net, num_classes, int(output_stride)
         self.memory_format = torch.contiguous_format
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -75,7 +90,7 @@ class Segmenter(nn.Module):
     @property
     def classifier(self) -> nn.Conv2d:
         """The last layer: a 1x1 (smp: any k) convolution with one output channel per class."""
-        return self.net.segmentation_head[0] if hasattr(self.net, "segmentation_head") else self.net.head[-1]
+        return self.net.segmentation_head[0] if isinstance(self.net, SegmentationModel) else self.net.classifier
 
     def to_channels_last(self) -> "Segmenter":
         """Keep weights and (from now on) inputs in NHWC order, which tensor-core convolutions prefer."""
@@ -90,12 +105,12 @@ class Segmenter(nn.Module):
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, C, H, W], the encoder's deepest features [B, D, H/32, W/32]) from one pass."""
-        features = self.net.encoder(self.normalize(x))
-        if hasattr(self.net, "segmentation_head"):  # smp: encoder -> decoder -> head, as SegmentationModel.forward
-            return self.net.segmentation_head(self.net.decoder(features)), features[-1]
-        logits = self.net.head(features[-1])
-        return nnf.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), features[-1]
+        """(logits [B, C, H, W], the encoder's deepest features [B, D, H/32, W/32]; a ViT's [B, D, H/p, W/p])
+        from one pass."""
+        if not isinstance(self.net, SegmentationModel):  # FCN, DAFormer, the ViT nets
+            return self.net.forward_features(self.normalize(x))
+        features = self.net.encoder(self.normalize(x))  # smp: encoder -> decoder -> head, as its forward
+        return self.net.segmentation_head(self.net.decoder(features)), features[-1]
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -123,14 +138,19 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
     """Build F.
 
     Args:
-        arch: ``unet``, ``fpn``, ``deeplabv3plus`` (smp) or ``fcn``.
-        encoder_name: any smp encoder (``resnet18``, ``resnet50``, ``mit_b2``, ``tu-...``).
+        arch: ``unet``, ``fpn``, ``deeplabv3plus``, ``segformer``, ``upernet`` (smp's), ``fcn``, ``daformer``
+            (``adapt.nets.daformer``; DAFormer's: ``mit_b5``) or ``dpt`` (smp's DPT decoder on a plain timm ViT,
+            ``adapt.nets.vit``). ``upernet`` on a plain ViT (``tu-vit_...``) is ``adapt.nets.vit.ViTUPerNet``.
+        encoder_name: any smp encoder (``resnet18``, ``resnet50``, ``mit_b2``, ``tu-...``); ``dpt`` takes plain
+            timm ViTs only (``tu-vit_small_patch14_dinov2``, ``tu-vit_base_patch14_dinov2.lvd142m``,
+            ``tu-vit_large_patch14_dinov2.lvd142m``), whose inputs need sides that are multiples of the patch size.
         encoder_weights: smp's weight name (``imagenet``), a local state-dict file for the encoder, or None
             (random initialization). ``imagenet`` for ``timm-tf_efficientnet_lite0/1/2`` comes from the
             installed registry package (``adapt.nets.pretrained``) with no hub; other encoders use smp's hub path.
         num_classes: number of output channels (smp calls it ``classes``).
         kwargs: further arguments of the smp model, by smp's names (``decoder_dropout``, ``decoder_channels``...);
-            ``fcn`` takes ``decoder_dropout``.
+            ``fcn`` takes ``decoder_dropout``; ``daformer`` ``decoder_channels``, ``decoder_dilations``,
+            ``decoder_dropout``; ViT nets pass unknown keys to ``timm.create_model`` (``img_size``...).
     """
     key = arch.lower().replace("_", "").replace("-", "")
     if key not in ARCHS:
@@ -147,17 +167,16 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
                 f"encoder_weights: {hub_weights!r} weights for {encoder_name} are not in the Hugging Face cache and "
                 f"the hub cannot be reached; {hint + ', or ' if hint else ''}set encoder_weights: null (random "
                 "init), give a local encoder state-dict file, or download them once where the hub is reachable")
-    builder = FCN if key == "fcn" else ARCHS[key]
-    known = {name for name, p in inspect.signature(builder).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    builder = ViTUPerNet if key == "upernet" and is_plain_vit(encoder_name) else ARCHS[key]
+    parameters = inspect.signature(builder).parameters.values()
+    known = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+    passes_on = any(p.kind is p.VAR_KEYWORD for p in parameters)
     unknown = sorted(set(kwargs) - (known - {"encoder_name", "encoder_weights", "classes"}))
-    if unknown and not encoder_name.startswith("tu-"):  # smp passes unknown keys on to timm encoders only
+    if unknown and not (passes_on and encoder_name.startswith("tu-")):  # unknown keys go to timm encoders only
         raise ConfigError(f"segmenter_kwargs: {arch} takes no {', '.join(unknown)}; its arguments: "
                           f"{', '.join(sorted(known - {'encoder_name', 'encoder_weights', 'classes'}))}")
     try:
-        if key == "fcn":
-            net: nn.Module = FCN(encoder_name, hub_weights, num_classes, **kwargs)
-        else:
-            net = ARCHS[key](encoder_name=encoder_name, encoder_weights=hub_weights, classes=num_classes, **kwargs)
+        net = builder(encoder_name=encoder_name, encoder_weights=hub_weights, classes=num_classes, **kwargs)
     except KeyError as err:
         raise ConfigError(f"encoder_name: unknown {encoder_name!r} ({err}); see smp's list of encoders") from None
     except (OSError, ConnectionError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
@@ -172,7 +191,7 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
         net.encoder.load_state_dict(state)
     if packaged is not None:
         net.encoder.load_state_dict(map_efficientnet_lite(packaged, net.encoder.state_dict()))
-    return Segmenter(net, num_classes, *input_statistics(encoder_name))
+    return Segmenter(net, num_classes, *input_statistics(encoder_name), getattr(net, "output_stride", 32))
 
 
 def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_names: list[str],

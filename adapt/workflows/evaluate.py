@@ -160,8 +160,8 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
         kind: dataset layout: folder, gta5 or cityscapes; one for all roots or a list, one per root.
         out: folder for metrics.json and the PNG reports (default: RUN/evaluate/ROOTNAME; several roots:
             RUN/evaluate).
-        protocol: full (the whole image, padded to a multiple of 32), resize (input resized to ``size``, logits
-            resized back) or slide (``window`` windows every ``stride``, logits averaged).
+        protocol: full (the whole image, padded to a multiple of F's output stride), resize (input resized to
+            ``size``, logits resized back) or slide (``window`` windows every ``stride``, logits averaged).
         size: (height, width) with ``protocol: resize``.
         window: (height, width) with ``protocol: slide``.
         stride: (height, width) with ``protocol: slide`` (default: half the window).

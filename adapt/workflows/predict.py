@@ -63,8 +63,8 @@ def predict_folder(checkpoint: str, output: str, input: str | None = None, root:
         split: with ``root``: a split list in ROOT/splits/ (folder), a list file (gta5) or train/val/test
             (cityscapes; default val).
         translator: a translator .ckpt: predict F(g_ts(x)), images mapped to source style first.
-        protocol: full (the whole image, padded to a multiple of 32), resize (input resized to ``size``, logits
-            resized back) or slide (``window`` windows every ``stride``, logits averaged).
+        protocol: full (the whole image, padded to a multiple of F's output stride), resize (input resized to
+            ``size``, logits resized back) or slide (``window`` windows every ``stride``, logits averaged).
         size: (height, width) with ``protocol: resize``.
         window: (height, width) with ``protocol: slide``.
         stride: (height, width) with ``protocol: slide`` (default: half the window).

@@ -45,7 +45,7 @@ def _statistics_mode(segmenter: torch.nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def adabn(segmenter: torch.nn.Module, loader: DataLoader) -> None:
+def adabn(segmenter: Segmenter, loader: DataLoader) -> None:
     """Replace every BatchNorm layer's running statistics by those of the images of ``loader`` (cumulative
     average of the batch statistics: momentum None); weights untouched; ``segmenter`` ends in eval mode."""
     layers = _statistics_mode(segmenter)
@@ -55,13 +55,13 @@ def adabn(segmenter: torch.nn.Module, loader: DataLoader) -> None:
         layer.momentum = None
     device = next(segmenter.parameters()).device
     for batch in loader:
-        segmenter(crop_to_multiple(batch["image"].to(device), Segmenter.output_stride))
+        segmenter(crop_to_multiple(batch["image"].to(device), segmenter.output_stride))
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     segmenter.eval()
 
 
-def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float = 1e-3) -> list[float]:
+def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3) -> list[float]:
     """``steps`` Adam steps on BatchNorm's affine parameters minimising the mean softmax entropy (nats) of the
     target batches of ``loader`` (cycled), then ``adabn``. Returns the entropy before each step."""
     layers = _statistics_mode(segmenter)
@@ -76,7 +76,7 @@ def tent(segmenter: torch.nn.Module, loader: DataLoader, steps: int, lr: float =
     device, entropies = next(segmenter.parameters()).device, []
     while len(entropies) < steps:
         for batch in loader:
-            logits = segmenter(crop_to_multiple(batch["image"].to(device), Segmenter.output_stride))
+            logits = segmenter(crop_to_multiple(batch["image"].to(device), segmenter.output_stride))
             mean_entropy = entropy(logits).mean()
             optimizer.zero_grad()
             mean_entropy.backward()
