@@ -30,7 +30,8 @@ class SegmentationTask(pl.LightningModule):
     """Supervised training of the segmenter F on the source domain; validation and test on a labelled target set.
 
     Args:
-        arch: ``unet``, ``fpn``, ``deeplabv3plus`` or ``fcn`` (see ``build_segmenter``).
+        arch: ``unet``, ``fpn``, ``deeplabv3plus``, ``fcn``, ``segformer``, ``upernet``, ``daformer`` or ``dpt``
+            (see ``build_segmenter``).
         encoder_name: smp encoder name.
         encoder_weights: ``imagenet``, a local encoder state-dict file, or None (random initialization).
         class_names: class names in train-index order; recipes leave it out and the CLI takes it from the data.
@@ -51,6 +52,8 @@ class SegmentationTask(pl.LightningModule):
             new ones start fresh, so a new domain may rename, reorder, add or drop classes.
         freeze_encoder: keep the encoder's weights and BatchNorm statistics fixed; only the decoder trains.
         encoder_lr_factor: the encoder learns at ``lr * encoder_lr_factor`` (0.1 is common when fine-tuning).
+        head_lr_factor: every parameter that is not the encoder's (decoder and classifier) learns at
+            ``lr * head_lr_factor``. DAFormer's recipe: lr 6e-5, head_lr_factor 10.
         warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first steps
             (then follows ``lr_schedule``, counted from step 0).
     """
@@ -63,7 +66,7 @@ class SegmentationTask(pl.LightningModule):
                  ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
-                 encoder_lr_factor: float = 1.0, warmup_steps: int = 0) -> None:
+                 encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -237,7 +240,8 @@ class SegmentationTask(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         encoder = {id(p) for p in self.segmenter.net.encoder.parameters()}
-        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in encoder]},
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in encoder],
+                   "lr": hp.lr * hp.head_lr_factor},  # group 0: decoder and head
                   {"params": [p for p in self.segmenter.net.encoder.parameters() if p.requires_grad],
                    "lr": hp.lr * hp.encoder_lr_factor}]  # group 1: the encoder (empty when frozen)
         if hp.optimizer == "sgd":
