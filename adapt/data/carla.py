@@ -37,8 +37,8 @@ CARLA_TO_TRAIN: dict[str, dict[int, int]] = {
     "0.9.13": {7: 0, 6: 0, 8: 1, 1: 2, 11: 3, 2: 4, 5: 5, 18: 6, 12: 7, 9: 8, 22: 9, 13: 10, 4: 11, 10: 13},
 }
 TAG_COUNT = {"0.9.14": 29, "0.9.13": 23}
-LAYOUT = ("CARLA frames need ROOT/rgb/NAME.png (RGB camera) and ROOT/semantic/NAME.png (semantic segmentation camera, "
-          "saved raw: tag in the red channel)")
+LAYOUT = ("a CARLA dataset needs ROOT/rgb/NAME.png (RGB camera) and ROOT/semantic/NAME.png (semantic segmentation "
+          "camera, saved raw: tag in the red channel)")
 
 
 def carla_lut(tags: CarlaTags = "0.9.14") -> np.ndarray:
