@@ -4,6 +4,7 @@
     adapt fit --config RECIPE ... --resume                      continue an interrupted fit from its last.ckpt
     adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR] [--protocol full|resize|slide] ...
     adapt evaluate --checkpoint CKPT --root [A,B] ...           several sets, one comparison table
+    adapt evaluate ... --class_subsets [synthia16,synthia13]    SYNTHIA -> Cityscapes: 16- and 13-class mIoU too
     adapt evaluate --predictions DIR --root DATASET [--kind K] [--id_type label|train]
     adapt translate --checkpoint T.ckpt --direction source-to-target --input_root DIR --output_root DIR
     adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
@@ -11,7 +12,8 @@
     adapt export --checkpoint F.ckpt --output F.onnx [--translator T.ckpt]   ONNX graph of F or F(T(x)), + F.json
     adapt predict --checkpoint F.ckpt --input DIR|--root DATASET --output DIR [--protocol P] [--confidence true]
     adapt data synth --out DIR [--num_images N] [--size [H,W]] [--seed S]
-    adapt data check folder|gta5|cityscapes ROOT [--split S]     pairs, corrupt files, sizes, label values
+    adapt data check KIND ROOT [--split S]                      pairs, corrupt files, sizes, label values
+                      (KIND: folder gta5 cityscapes synthia acdc darkzurich carla carla_legacy)
     adapt data gap --source S --target T [--out DIR] [--max_images N]   how far apart two domains are, and how
     adapt run EXPERIMENT.yaml [--out DIR] [--seeds N ...]       the stages of a multi-stage experiment
     adapt demo [--out DIR]                                      recipes/demo/demo.yaml and its gap table

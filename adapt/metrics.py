@@ -8,12 +8,14 @@ predictions; a class absent from both has no IoU (NaN) and does not count. Ignor
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch.nn import functional as nnf
 from torchmetrics import Metric
 
 from adapt.data.labels import IGNORE_INDEX
+from adapt.errors import ConfigError
 from adapt.losses import entropy
 
 
@@ -55,16 +57,54 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
     return float(cm.diagonal().sum().double() / total) if total > 0 else math.nan
 
 
-def summarize(cm: torch.Tensor, class_names: list[str]) -> dict:
+# Class subsets of published protocols: subset -> (metric name, classes, what it is). SYNTHIA -> Cityscapes results
+# are the mean over the 16 classes SYNTHIA labels (the 19 Cityscapes classes but terrain, truck and train) and over 13
+# of them (also without wall, fence and pole), from the same 19-class confusion matrix (DAFormer, HRDA, MIC report both).
+SYNTHIA_16 = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle")
+CLASS_SUBSETS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "synthia16": ("miou_16", SYNTHIA_16, "SYNTHIA->Cityscapes 16 classes: the 19 Cityscapes classes but terrain, "
+                                         "truck and train"),
+    "synthia13": ("miou_13", tuple(n for n in SYNTHIA_16 if n not in ("wall", "fence", "pole")),
+                  "SYNTHIA->Cityscapes 13 classes: the 16 but wall, fence and pole"),
+}
+ClassSubset = Literal["synthia16", "synthia13"]
+
+
+def check_class_subsets(subsets: list[str] | tuple[str, ...] | None, class_names: list[str], key: str) -> list[str]:
+    """``subsets`` as a list; ConfigError naming ``key`` for an unknown subset or one whose classes the model lacks."""
+    subsets = list(subsets or [])
+    for name in subsets:
+        if name not in CLASS_SUBSETS:
+            raise ConfigError(f"{key}: class subset {name!r} unknown; choose from {', '.join(CLASS_SUBSETS)}")
+        missing = [c for c in CLASS_SUBSETS[name][1] if c not in class_names]
+        if missing:
+            raise ConfigError(f"{key}: {name} needs the Cityscapes classes; the model has no {missing[0]!r} "
+                              f"({len(missing)} missing); drop the subset")
+    return subsets
+
+
+def summarize(cm: torch.Tensor, class_names: list[str], class_subsets: list[str] | tuple[str, ...] = ()) -> dict:
     """The metrics of a confusion matrix in percent: ``miou``, ``per_class_iou`` (name -> value or None),
     ``pixel_accuracy``. A matrix with one row and column more than ``class_names`` counts void predictions in its
     last column (``adapt evaluate --predictions``): they lower the true class's IoU and the accuracy; void has no
-    IoU of its own."""
+    IoU of its own. With ``class_subsets`` (names of ``CLASS_SUBSETS``, checked by ``check_class_subsets``): each
+    subset's mean IoU under its metric name (``miou_16``, ``miou_13``: the macro mean of the subset's defined IoUs,
+    from the same matrix) and ``class_subsets``: subset -> {``metric``, ``classes``, ``protocol``}."""
     iou = iou_per_class(cm)[: len(class_names)]
     pct = lambda v: None if math.isnan(v) else round(100 * v, 6)  # noqa: E731
-    return {"miou": pct(mean_iou(cm, len(class_names))),
-            "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
-            "pixel_accuracy": pct(pixel_accuracy(cm))}
+    results = {"miou": pct(mean_iou(cm, len(class_names))),
+               "per_class_iou": {name: pct(float(v)) for name, v in zip(class_names, iou)},
+               "pixel_accuracy": pct(pixel_accuracy(cm))}
+    notes = {}
+    for subset in class_subsets:
+        metric, names, protocol = CLASS_SUBSETS[subset]
+        values = iou[[class_names.index(n) for n in names]]
+        results[metric] = pct(float(values.nanmean())) if (~values.isnan()).any() else None
+        notes[subset] = {"metric": metric, "classes": list(names), "protocol": protocol}
+    if notes:
+        results["class_subsets"] = notes
+    return results
 
 
 class ConfusionMatrix(Metric):

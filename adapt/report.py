@@ -23,15 +23,19 @@ def _fmt(value: float | None) -> str:
 
 
 def per_class_table(metrics: dict, title: str = "") -> str:
-    """A per-class IoU table (percent; '-' for a class absent from labels and predictions)."""
+    """A per-class IoU table (percent; '-' for a class absent from labels and predictions), with the mean of each
+    class subset in ``metrics["class_subsets"]`` under the mIoU line."""
     names = list(metrics["per_class_iou"])
-    width = max(len(n) for n in names + ["pixel accuracy"])
+    subsets = [(f"mIoU {len(note['classes'])} ({subset})", metrics[note["metric"]])
+               for subset, note in metrics.get("class_subsets", {}).items()]  # e.g. "mIoU 16 (synthia16)"
+    width = max(len(n) for n in names + ["pixel accuracy"] + [label for label, _ in subsets])
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}  IoU %")
     lines.append("-" * (width + 8))
     lines += [f"{name:<{width}}  {_fmt(metrics['per_class_iou'][name])}" for name in names]
     lines.append("-" * (width + 8))
     lines.append(f"{'mIoU':<{width}}  {_fmt(metrics['miou'])}")
+    lines += [f"{label:<{width}}  {_fmt(value)}" for label, value in subsets]
     lines.append(f"{'pixel accuracy':<{width}}  {_fmt(metrics['pixel_accuracy'])}")
     if "ece" in metrics:
         lines.append(f"{'ECE':<{width}}  {_fmt(metrics['ece'])}")

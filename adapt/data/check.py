@@ -10,7 +10,9 @@ never raised. Problems, by kind (the keys of ``report["problems"]``):
     unreadable_label  a label that cannot be decoded, or is not a single-channel PNG of class ids
     size_mismatch     an image and its label differ in size
     bad_label_values  label values outside the class map: for ``folder`` neither a listed id nor the ignore
-                      value; for ``gta5`` / ``cityscapes`` not a Cityscapes label id (0..33) and not 255
+                      value; for ``gta5`` / ``cityscapes`` / ``acdc`` / ``darkzurich`` not a Cityscapes label id
+                      (0..33) and not 255; for ``synthia`` not a SYNTHIA id (0..22); for ``carla`` /
+                      ``carla_legacy`` not a tag of the table (0..28 / 0..22)
 
 Class pixel frequencies are per train class, in percent of labelled pixels (those that map to a class).
 """
@@ -18,15 +20,11 @@ Class pixel frequencies are per train class, in percent of labelled pixels (thos
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, walk_cityscapes
-from adapt.data.folder import read_image, read_label, walk_folder
-from adapt.data.gta5 import walk_gta5
-from adapt.data.labels import ClassSet
+from adapt.data.datasets import DatasetKind, label_format
+from adapt.data.folder import read_image
 from adapt.errors import DataError
 
 PROBLEMS = {
@@ -41,15 +39,7 @@ PROBLEMS = {
 EXAMPLES = 5
 
 
-def _valid_values(classes: ClassSet, ids: list[int]) -> np.ndarray:
-    """bool [256]: the values a label file may hold (the class map's ids and its ignore value)."""
-    valid = np.zeros(256, dtype=bool)
-    valid[[i for i in ids if 0 <= i < 256]] = True
-    valid[classes.ignore_index] = True
-    return valid
-
-
-def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, split: str | None = None) -> dict:
+def check_dataset(kind: DatasetKind, root: str, split: str | None = None) -> dict:
     """Check a dataset before a run does: pairs, corrupt files, sizes, label values, class frequencies.
 
     Every image and label of the set is decoded; problems are reported, never raised. Returns the report:
@@ -59,9 +49,11 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
     labelled pixels; None when no pixel is labelled).
 
     Args:
-        kind: dataset layout: folder, gta5 or cityscapes.
+        kind: dataset layout (see ``adapt.data.datasets.open_dataset`` and datasets/README.md).
         root: dataset folder.
-        split: folder: a list in ROOT/splits/; gta5: a list file; cityscapes: train, val or test (default val).
+        split: folder: a list in ROOT/splits/; gta5, synthia, carla, carla_legacy: a list file of stems;
+            cityscapes: train, val or test; acdc: val, night/val, fog,snow/train, ...; darkzurich: val/night,
+            train/night, ...; (cityscapes, acdc, darkzurich: val by default).
 
     Raises:
         DataError: ``root`` is missing, holds no images, or lacks what the layout needs (classes.yaml, a split).
@@ -69,17 +61,8 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found; check the path")
-    match kind:  # the datasets' own walks of their layouts
-        case "folder":
-            tree, classes = walk_folder(root, split), ClassSet.from_yaml(root / "classes.yaml")
-            valid = _valid_values(classes, list(classes.ids))
-        case "gta5" | "cityscapes":
-            split = (split or "val") if kind == "cityscapes" else split
-            tree = walk_gta5(root, split) if kind == "gta5" else walk_cityscapes(root, split)
-            classes = CITYSCAPES_CLASSES
-            valid = _valid_values(classes, [label.id for label in _CITYSCAPES_LABELS])
-        case _:
-            raise DataError(f"dataset kind {kind!r}: choose folder, gta5 or cityscapes")
+    layout = label_format(kind, root, split)  # the datasets' own walks of their layouts
+    tree, classes, valid, split = layout.tree, layout.classes, layout.valid, layout.split
 
     problems: dict[str, list[str]] = {key: [] for key in PROBLEMS}
     details: dict[str, str] = {}
@@ -92,7 +75,7 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
         if detail:
             details[name] = detail
 
-    histogram = np.zeros(256, dtype=np.int64)
+    histogram = np.zeros(len(valid), dtype=np.int64)
     pairs = 0
     for name in tree.names:
         if name not in tree.images:
@@ -109,11 +92,11 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
             continue
         label_path = tree.labels[name]
         try:
-            label = read_label(label_path)
+            label = layout.read(label_path)
         except DataError as err:
             add("unreadable_label", rel(label_path), str(err).split(": ", 1)[-1].split(";")[0])
             continue
-        counts = np.bincount(label.ravel(), minlength=256)
+        counts = np.bincount(label.ravel(), minlength=len(valid))
         histogram += counts
         bad = np.flatnonzero(counts * ~valid)
         if bad.size:
@@ -127,8 +110,7 @@ def check_dataset(kind: Literal["folder", "gta5", "cityscapes"], root: str, spli
     for path in tree.orphans:
         add("orphan_label", rel(path))
 
-    lut = classes.lookup_table()
-    class_pixels = np.bincount(lut, weights=histogram, minlength=256)[: classes.num_classes]
+    class_pixels = np.bincount(layout.lut, weights=histogram, minlength=256)[: classes.num_classes]
     labelled = int(class_pixels.sum())
     frequencies = {n: (round(100 * float(c) / labelled, 4) if labelled else None)
                    for n, c in zip(classes.names, class_pixels)}

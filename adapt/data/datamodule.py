@@ -36,7 +36,8 @@ def seed_worker(worker_id: int) -> None:
 
 
 class DomainDataModule(pl.LightningDataModule):
-    """Source and target domains, each in the folder format, the GTA5 layout or the Cityscapes layout.
+    """Source and target domains, each in the folder format or an official layout (GTA5, Cityscapes, SYNTHIA, ACDC,
+    Dark Zurich, CARLA frames; ``adapt.data.datasets.open_dataset``).
 
     Args:
         source_root: labelled source domain.
@@ -45,7 +46,8 @@ class DomainDataModule(pl.LightningDataModule):
         target_split: split of ``target_root`` served (unlabelled) for training.
         val_root: labelled target set for validation and test (default: ``target_root``).
         val_split: split of ``val_root``.
-        source_kind: layout of ``source_root``: ``folder``, ``gta5`` or ``cityscapes``.
+        source_kind: layout of ``source_root``: ``folder``, ``gta5``, ``cityscapes``, ``synthia``, ``acdc``,
+            ``darkzurich``, ``carla`` (CARLA 0.9.14+ tags) or ``carla_legacy`` (0.9.0-0.9.13 tags).
         target_kind: layout of ``target_root`` and ``val_root``.
         augment: domain randomization of source images: a preset (``none``, ``weak``, ``strong``), a pipeline file
             or an inline albumentations pipeline (see ``adapt.data.augment.build_augment``).

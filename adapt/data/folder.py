@@ -109,7 +109,7 @@ class ImageLabelDataset(Dataset):
 
     classes: ClassSet | None  # None only for unlabelled folder images without classes.yaml
     size_hint = "image and label must have the same size"
-    known_values: np.ndarray | None = None  # bool [256]: label values allowed (folder: class ids + ignore_index)
+    known_values: np.ndarray | None = None  # bool [V]: label values allowed (folder: class ids + ignore_index)
     bad_images = "stop"  # "skip": an unreadable sample gives way to the next readable one (DomainDataModule sets it)
 
     def __init__(self, root: str | Path, labels: bool, transform: Callable | None) -> None:
@@ -123,15 +123,24 @@ class ImageLabelDataset(Dataset):
 
     @cached_property
     def lut(self) -> np.ndarray:
-        """uint8 [256]: label-file value -> train index or 255."""
+        """uint8 [V]: label-file value -> train index or 255 (V = 256; 65536 for 16-bit labels)."""
         return self.classes.lookup_table()
+
+    def read_raw_label(self, path: Path) -> np.ndarray:
+        """[H, W] label-file values (uint8; uint16 for 16-bit layouts), indices of ``lut``. Layouts whose labels
+        are not single-channel PNGs of ids (SYNTHIA, CARLA) override it."""
+        return read_label(path)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """uint8 [H, W] train indices (255 = ignore) of the label file ``path``."""
+        return self.lut[self.read_raw_label(path)]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw sample: uint8 [H, W, 3] image and uint8 [H, W] train-index mask (None without labels)."""
         image = read_image(self.images[index])
         if not self.labels:
             return image, None
-        raw = read_label(self.label_files[index])
+        raw = self.read_raw_label(self.label_files[index])
         if raw.shape != image.shape[:2]:
             raise DataError(f"{self.label_files[index]}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
                             f"{self.images[index].name} is {image.shape[1]}x{image.shape[0]}; {self.size_hint}")

@@ -15,7 +15,6 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Dataset
 
-from adapt.data.folder import read_label
 from adapt.data.sampling import RARE, ShardedSampler, derive_seed, sample_seed
 
 MIN_SHARE = 3000 / (1914 * 1052)  # DAFormer's 3000 pixels of a GTA5 frame, as a share of any image
@@ -31,7 +30,7 @@ def class_stats(dataset: Dataset, num_classes: int, cache: Path | None = None) -
             return np.asarray(stored["pixels"], dtype=np.int64)
     except (AttributeError, OSError, ValueError, KeyError, IndexError):
         pass
-    counts = np.stack([np.bincount(dataset.lut[read_label(Path(f))].ravel(), minlength=256)[:num_classes]
+    counts = np.stack([np.bincount(dataset.read_mask(Path(f)).ravel(), minlength=256)[:num_classes]
                        for f in files])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

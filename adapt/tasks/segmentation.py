@@ -18,7 +18,7 @@ from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.errors import ConfigError
 from adapt.inference import make_protocol, predict
-from adapt.metrics import Calibration, ConfusionMatrix, Validators, summarize
+from adapt.metrics import Calibration, ClassSubset, ConfusionMatrix, Validators, check_class_subsets, summarize
 from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
 from adapt.plots import example_row, log_picture
@@ -56,6 +56,9 @@ class SegmentationTask(pl.LightningModule):
             ``lr * head_lr_factor``. DAFormer's recipe: lr 6e-5, head_lr_factor 10.
         warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first steps
             (then follows ``lr_schedule``, counted from step 0).
+        class_subsets: means over class subsets reported beside the mIoU (``adapt.metrics.CLASS_SUBSETS``):
+            ``[synthia16, synthia13]`` logs ``val/miou_16`` and ``val/miou_13`` (SYNTHIA -> Cityscapes), and
+            ``adapt evaluate`` of the checkpoint writes them into metrics.json.
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
@@ -66,7 +69,8 @@ class SegmentationTask(pl.LightningModule):
                  ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
-                 encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0) -> None:
+                 encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0,
+                 class_subsets: list[ClassSubset] | None = None) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -74,6 +78,7 @@ class SegmentationTask(pl.LightningModule):
             raise ConfigError(f"model.init_args.warmup_steps: {warmup_steps}; give 0 (no warmup) or more steps")
         self.save_hyperparameters()
         self.class_names = list(class_names)
+        self.class_subsets = check_class_subsets(class_subsets, self.class_names, "model.init_args.class_subsets")
         self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names),
                                          **(segmenter_kwargs or {}))
         self.segmenter.net.encoder.requires_grad_(not freeze_encoder)
@@ -213,12 +218,14 @@ class SegmentationTask(pl.LightningModule):
 
     def _log_metrics(self, stage: str, cm: ConfusionMatrix, calibration: Calibration) -> dict:
         matrix = cm.compute()
-        results = dict(summarize(matrix, self.class_names), **calibration.compute(),
+        results = dict(summarize(matrix, self.class_names, self.class_subsets), **calibration.compute(),
                        confusion_matrix=matrix.cpu().tolist())
         cm.reset()
         calibration.reset()
         values = {f"{stage}/miou": results["miou"], f"{stage}/pixel_accuracy": results["pixel_accuracy"],
                   f"{stage}/ece": results["ece"]}
+        values.update({f"{stage}/{note['metric']}": results[note["metric"]]
+                       for note in results.get("class_subsets", {}).values()})  # val/miou_16, val/miou_13
         values.update({f"{stage}/iou/{name}": v for name, v in results["per_class_iou"].items()})
         # already reduced over all processes by the metric: log the same number on every rank, no second sync
         self.log_dict({k: math.nan if v is None else float(v) for k, v in values.items()}, sync_dist=False)

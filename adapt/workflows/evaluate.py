@@ -18,6 +18,7 @@ from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.errors import ConfigError, DataError
 from adapt.inference import make_protocol
+from adapt.metrics import ClassSubset, check_class_subsets
 from adapt.plots import write_plots
 from adapt.report import comparison_table, per_class_table, worst_classes_line, write_json
 from adapt.tasks.segmentation import SegmentationTask
@@ -27,19 +28,23 @@ from adapt.workflows.score import score_predictions
 def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None, out: str | Path | None = None,
              batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
              translator: str | Path | None = None, kind: str = "folder", protocol: dict | None = None,
-             num_examples: int = 6, plots: bool = True, weights_only: bool = True) -> dict:
+             num_examples: int = 6, plots: bool = True, weights_only: bool = True,
+             class_subsets: list[ClassSubset] | None = None) -> dict:
     """Score ``checkpoint`` on the labelled dataset ``root`` (one confusion matrix over the split); with
     ``translator`` (a TranslationTask checkpoint) score F(g_ts(x_t)) instead of F(x_t). ``kind``: the dataset
-    layout (``folder``, ``gta5``, ``cityscapes``; see ``adapt.data.datasets.open_dataset``). ``protocol``: a
-    ``adapt.inference.make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports next to metrics.json, with
-    the first ``num_examples`` samples in examples.png.
+    layout (``folder``, ``gta5``, ``cityscapes``, ``synthia``, ...; see ``adapt.data.datasets.open_dataset``).
+    ``protocol``: a ``adapt.inference.make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports
+    next to metrics.json, with the first ``num_examples`` samples in examples.png. ``class_subsets``: subset means
+    to report besides the mIoU (``[synthia16, synthia13]``: ``miou_16``, ``miou_13``; None: those the checkpoint's
+    task was given).
 
     Returns the metrics dict written to ``out/metrics.json``: ``miou``, ``per_class_iou`` (class -> percent or
     None), ``pixel_accuracy`` and ``ece`` (percent), ``calibration`` (bin edges, count, mean confidence and
     accuracy per bin), ``confusion_matrix`` (rows label, columns prediction), ``num_images``, ``protocol``,
-    ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``.
+    ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``; with class subsets also their means and
+    ``class_subsets`` (see ``adapt.metrics.summarize``).
     """
-    task = _load(checkpoint, translator, protocol, [root], weights_only)
+    task = _load(checkpoint, translator, protocol, [root], weights_only, class_subsets)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
     dataset = _open_checked(task, root, split, kind)
     return _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out, batch_size, num_workers,
@@ -50,13 +55,14 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
                    kinds: list[str] | None = None, out: str | Path | None = None, batch_size: int = 4,
                    num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
                    translator: str | Path | None = None, protocol: dict | None = None, num_examples: int = 6,
-                   plots: bool = True, weights_only: bool = True) -> dict:
+                   plots: bool = True, weights_only: bool = True,
+                   class_subsets: list[ClassSubset] | None = None) -> dict:
     """``evaluate`` on several target sets: each into ``out/<root name>/`` (default ``out``: RUN/evaluate), one
     comparison table printed, ``out/summary.json`` = {root name: metrics}. ``splits`` and ``kinds``: one value for
     all roots or one per root."""
     splits, kinds = _per_root("--split", splits or [None], roots), _per_root("--kind", kinds or ["folder"], roots)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate"
-    task = _load(checkpoint, translator, protocol, roots, weights_only)
+    task = _load(checkpoint, translator, protocol, roots, weights_only, class_subsets)
     # open (and so check) every set before scoring any: a bad last root fails at once, not after an hour
     datasets = [_open_checked(task, root, split, kind) for root, split, kind in zip(roots, splits, kinds)]
     summary = {}
@@ -69,10 +75,16 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
     write_json(out / "summary.json", summary)
     if verbose:
         print(f"== comparison ({task.eval_protocol['mode']} protocol; %)")
-        print(comparison_table({n: {"mIoU": m["miou"], "pixel acc.": m["pixel_accuracy"], "ECE": m["ece"]}
-                                for n, m in summary.items()}, first="root"))
+        print(comparison_table({n: {"mIoU": m["miou"], **_subset_columns(m), "pixel acc.": m["pixel_accuracy"],
+                                    "ECE": m["ece"]} for n, m in summary.items()}, first="root"))
         print(f"summary: {out / 'summary.json'}")
     return summary
+
+
+def _subset_columns(metrics: dict) -> dict:
+    """``{"mIoU16": value, "mIoU13": value}``: the class-subset means of a metrics dict, as table columns."""
+    return {f"mIoU{len(note['classes'])}": metrics[note["metric"]]
+            for note in metrics.get("class_subsets", {}).values()}
 
 
 def _per_root(option: str, values: list, roots: list[str]) -> list:
@@ -92,8 +104,10 @@ def _root_names(roots: list[str], splits: list[str | None]) -> list[str]:
 
 
 def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None, roots: list,
-          weights_only: bool = True) -> SegmentationTask:
+          weights_only: bool = True, class_subsets: list[str] | None = None) -> SegmentationTask:
     task = SegmentationTask.from_checkpoint(checkpoint, weights_only)
+    if class_subsets is not None:
+        task.class_subsets = check_class_subsets(class_subsets, task.class_names, "--class_subsets")
     if translator is not None:  # T must have been trained towards the sets it maps back to source style
         for root in roots:
             generator = load_translator(translator, "target-to-source", {"target": domain_name(root)})
@@ -122,7 +136,7 @@ def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: Image
                          enable_progress_bar=False, enable_model_summary=False)
     task.num_examples = num_examples
     trainer.test(task, dataloaders=loader, verbose=False)
-    split = (split or "val") if kind == "cityscapes" else split
+    split = getattr(dataset, "split", split)  # the split the dataset read (cityscapes, acdc...: val when None)
     metrics = dict(task.test_results, num_images=len(dataset), protocol=dict(task.eval_protocol),
                    checkpoint=str(checkpoint), translator=None if translator is None else str(translator),
                    root=str(root), kind=kind, split=split)
@@ -146,7 +160,7 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
                      stride: tuple[int, int] | None = None, translator: str | None = None,
                      id_type: Literal["label", "train"] = "label", examples: int = 6, plots: bool = True,
                      batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto",
-                     weights_only: bool = True) -> dict:
+                     weights_only: bool = True, class_subsets: list[ClassSubset] | None = None) -> dict:
     """Score a segmenter checkpoint, or the label PNGs of any model (``predictions``), on labelled datasets.
 
     Args:
@@ -157,7 +171,8 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
             NAME*.png); one root.
         split: split list in ROOT/splits/ (default: all images; Cityscapes: train, val or test); one for all roots
             or a list, one per root.
-        kind: dataset layout: folder, gta5 or cityscapes; one for all roots or a list, one per root.
+        kind: dataset layout: folder, gta5, cityscapes, synthia, acdc, darkzurich, carla or carla_legacy; one for
+            all roots or a list, one per root.
         out: folder for metrics.json and the PNG reports (default: RUN/evaluate/ROOTNAME; several roots:
             RUN/evaluate).
         protocol: full (the whole image, padded to a multiple of F's output stride), resize (input resized to
@@ -174,6 +189,9 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
         accelerator: Lightning's accelerator (auto, cpu, gpu, ...).
         weights_only: read checkpoints as tensors and plain values only; false runs the pickled code a checkpoint
             may hold: only for files you trust.
+        class_subsets: class-subset means reported beside the mIoU, e.g. ``[synthia16,synthia13]``: the 16- and
+            13-class means of SYNTHIA -> Cityscapes (``miou_16``, ``miou_13`` in metrics.json and the tables);
+            default: those the checkpoint's task was given (none).
     """
     roots, splits, kinds = ([v] if not isinstance(v, list) else v for v in (root, split, kind))
     if (checkpoint is None) == (predictions is None):
@@ -187,7 +205,8 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
                               "they are, at the labels' resolution")
         if len(roots) > 1 or len(kinds) > 1 or len(splits) > 1:
             raise ConfigError("--predictions scores one --root (one --split, one --kind)")
-        return score_predictions(predictions, roots[0], kinds[0], splits[0], id_type, out)
+        return score_predictions(predictions, roots[0], kinds[0], splits[0], id_type, out,
+                                 class_subsets=class_subsets)
     try:
         checked = make_protocol(protocol, size, window, stride)
     except ValueError as err:
@@ -195,7 +214,8 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
     if examples < 0:
         raise ConfigError(f"--examples: {examples}; give 0 or more")
     options = dict(batch_size=batch_size, num_workers=num_workers, accelerator=accelerator, translator=translator,
-                   protocol=checked, num_examples=examples, plots=plots, weights_only=weights_only)
+                   protocol=checked, num_examples=examples, plots=plots, weights_only=weights_only,
+                   class_subsets=class_subsets)
     if len(roots) == 1 and len(kinds) == 1 and len(splits) == 1:
         return evaluate(checkpoint, roots[0], splits[0], out, kind=kinds[0], **options)
     return evaluate_roots(checkpoint, roots, splits, kinds, out, **options)

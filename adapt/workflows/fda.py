@@ -27,7 +27,7 @@ def fda_checkpoint(output: str, source: str, target: str, beta: float = 0.01, co
         beta: the low-frequency share swapped (FDA's beta).
         count: reference images kept per domain.
         size: (height, width) the references are stored at (resized to each image when used).
-        source_kind: layout of ``source``: folder, gta5 or cityscapes; ``target_kind`` likewise.
+        source_kind: layout of ``source`` (a kind of ``adapt.data.datasets.open_dataset``); ``target_kind`` likewise.
         source_split: split of ``source`` (see ``open_dataset``); ``target_split`` likewise.
         seed: which references are drawn.
     """

@@ -59,7 +59,7 @@ def data_gap(source: str, target: str, source_kind: DatasetKind = "folder", targ
     Args:
         source: the source dataset's root (labels are read when it has them).
         target: the target dataset's root (labels optional: without them the report says "no labels").
-        source_kind: layout of ``source``: folder, gta5 or cityscapes; ``target_kind`` likewise.
+        source_kind: layout of ``source`` (a kind of ``adapt.data.datasets.open_dataset``); ``target_kind`` likewise.
         source_split: split of ``source`` (see ``open_dataset``); ``target_split`` likewise.
         out: the report's folder (default: runs/gap/SOURCE_to_TARGET, the roots' folder names).
         max_images: images read per domain at most, drawn by ``seed`` (all when fewer).

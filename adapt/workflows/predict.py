@@ -59,7 +59,7 @@ def predict_folder(checkpoint: str, output: str, input: str | None = None, root:
         input: a folder of images (.png/.jpg/.jpeg, any sizes, no labels); only its own files are read, not
             its subfolders. Give ``input`` or ``root``, not both.
         root: instead of ``input``: a dataset whose images (of ``split``) are segmented; its labels are not read.
-        kind: the layout of ``root``: folder, gta5 or cityscapes.
+        kind: the layout of ``root``: folder, gta5, cityscapes, synthia, acdc, darkzurich, carla or carla_legacy.
         split: with ``root``: a split list in ROOT/splits/ (folder), a list file (gta5) or train/val/test
             (cityscapes; default val).
         translator: a translator .ckpt: predict F(g_ts(x)), images mapped to source style first.

@@ -1,11 +1,12 @@
 """``adapt evaluate --predictions DIR``: score label PNGs that any model wrote against a labelled dataset.
 
-Prediction files are matched by sample name: ``DIR/NAME.png``; for Cityscapes also the official result naming
-``NAME*.png`` anywhere under ``DIR`` (``frankfurt_000000_000294_leftImg8bit.png``, ``..._pred.png``), as
+Prediction files are matched by sample name: ``DIR/NAME.png``; for Cityscapes, ACDC and Dark Zurich also the official
+result naming ``NAME*.png`` anywhere under ``DIR`` (``frankfurt_000000_000294_leftImg8bit.png``, ``..._pred.png``), as
 cityscapesscripts' evaluator finds them. ``id_type`` says what the values are:
 
-- ``label``: the dataset's label-file values (Cityscapes / GTA5: Cityscapes label ids 0..33; folder: the ids of
-  ``classes.yaml``), mapped to train indices like the labels;
+- ``label``: label ids: for the layouts of the 19 Cityscapes classes (gta5, cityscapes, acdc, darkzurich, and
+  synthia / carla too, whatever their own label files hold) Cityscapes label ids 0..33, as ``adapt predict --id_type
+  label`` writes them; for folder the ids of ``classes.yaml``;
 - ``train``: train indices ``0..C-1``.
 
 A predicted value that maps to no class (an id ignored in evaluation, a train index >= C, 255) is a *void*
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 
 from adapt.data.cityscapes import label_id_to_train_index
-from adapt.data.datasets import open_dataset
+from adapt.data.datasets import CITYSCAPES_KINDS, open_dataset
 from adapt.data.folder import read_label
 from adapt.data.labels import IGNORE_INDEX, ClassSet
 from adapt.errors import DataError
-from adapt.metrics import confusion_matrix, summarize
+from adapt.metrics import check_class_subsets, confusion_matrix, summarize
 from adapt.report import per_class_table, write_json
 
 ID_TYPES = ("label", "train")
@@ -57,7 +58,7 @@ def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
     """int64 [256]: prediction value -> train index, or ``C`` (void) for a value that maps to no class."""
     num_classes = classes.num_classes
     if id_type == "label":
-        lut = (label_id_to_train_index() if kind in ("gta5", "cityscapes") else classes.lookup_table()).astype(np.int64)
+        lut = (label_id_to_train_index() if kind in CITYSCAPES_KINDS else classes.lookup_table()).astype(np.int64)
     elif id_type == "train":
         lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
         lut[:num_classes] = np.arange(num_classes)
@@ -68,31 +69,34 @@ def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
 
 
 def score_predictions(predictions: str | Path, root: str | Path, kind: str = "folder", split: str | None = None,
-                      id_type: str = "label", out: str | Path | None = None, verbose: bool = True) -> dict:
+                      id_type: str = "label", out: str | Path | None = None, verbose: bool = True,
+                      class_subsets: list[str] | None = None) -> dict:
     """Score the label PNGs in ``predictions`` against the labelled set ``root`` (``kind``, ``split`` as in
     ``adapt.data.datasets.open_dataset``).
 
     Returns the metrics dict written to ``out/metrics.json`` (default: ``predictions/metrics.json``): ``miou``,
     ``per_class_iou`` (class -> percent or None), ``pixel_accuracy`` (percent), ``num_images``, ``protocol``
-    (``{"mode": "predictions", "id_type": ...}``), ``predictions``, ``root``, ``kind``, ``split``.
+    (``{"mode": "predictions", "id_type": ...}``), ``predictions``, ``root``, ``kind``, ``split``; with
+    ``class_subsets`` (``[synthia16, synthia13]``) also those means (``adapt.metrics.summarize``).
     """
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise DataError(f"--predictions: {pred_dir} is not a folder; give the folder of predicted label PNGs")
     dataset = open_dataset(kind, str(root), split, labels=True)
+    class_subsets = check_class_subsets(class_subsets, list(dataset.classes.names), "--class_subsets")
     pred_lut = prediction_table(kind, dataset.classes, id_type)
-    files = find_predictions(pred_dir, dataset.names, prefix=kind == "cityscapes")
+    files = find_predictions(pred_dir, dataset.names, prefix=kind in ("cityscapes", "acdc", "darkzurich"))
     num_classes = dataset.classes.num_classes
     cm = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.long)
     for label_file, pred_file in zip(dataset.label_files, files):
-        target = dataset.lut[read_label(label_file)]
+        target = dataset.read_mask(label_file)
         pred = pred_lut[read_label(pred_file)]
         if pred.shape != target.shape:
             raise DataError(f"{pred_file}: prediction is {pred.shape[1]}x{pred.shape[0]} but label {label_file.name} "
                             f"is {target.shape[1]}x{target.shape[0]}; write predictions at the label's resolution")
         cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes + 1)
-    split = (split or "val") if kind == "cityscapes" else split
-    metrics = dict(summarize(cm, list(dataset.classes.names)), num_images=len(dataset),
+    split = getattr(dataset, "split", split)  # the split the dataset read (cityscapes, acdc...: val when None)
+    metrics = dict(summarize(cm, list(dataset.classes.names), class_subsets), num_images=len(dataset),
                    protocol={"mode": "predictions", "id_type": id_type}, predictions=str(pred_dir),
                    root=str(root), kind=kind, split=split)
     out = Path(out) if out is not None else pred_dir

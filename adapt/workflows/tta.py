@@ -105,7 +105,7 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
         output: the adapted F's .ckpt (a new file).
         method: adabn or tent.
         split: split list of ``root`` (default: all images).
-        kind: layout of ``root``: folder, gta5 or cityscapes.
+        kind: layout of ``root``: folder, gta5, cityscapes, synthia, acdc, darkzurich, carla or carla_legacy.
         steps: TENT: Adam steps on BatchNorm's affine parameters.
         lr: TENT: learning rate.
         batch_size: target images per batch (at least 2: BatchNorm needs a batch).
