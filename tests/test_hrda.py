@@ -174,6 +174,25 @@ def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair,
     union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
     iou = [100 * matrix[c, c] / union[c] for c in range(len(NAMES)) if matrix[c].sum() > 0]
     assert abs(scores["miou"] - float(np.mean(iou))) < 1e-3
+    code, _, err = adapt_main(capsys, "export", "--checkpoint", str(ckpt_path), "--output", str(tmp_path / "f.onnx"))
+    assert code == 2 and "is an HRDA (multi-resolution) F" in err and not (tmp_path / "f.onnx").exists(), err[-2000:]
+
+
+def test_a_single_scale_f_starts_an_hrda_one_and_classes_match_by_name():
+    from adapt.nets.segmenter import load_matching
+
+    plain = build_segmenter("fpn", "resnet18", None, num_classes=len(NAMES))
+    hrda = _segmenter(seed=1)
+    head = {k: v.clone() for k, v in hrda.state_dict().items() if k.startswith("multi_resolution.")}
+    load_matching(hrda, plain.state_dict(), NAMES, NAMES)
+    state = hrda.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in head.items())  # the attention head keeps its initialization
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())  # the rest is the plain F
+    reordered = NAMES[::-1]
+    other = _segmenter(seed=2)
+    load_matching(other, hrda.state_dict(), NAMES, reordered)  # an HRDA F into one with the classes reversed
+    last = f"multi_resolution.head.{len(other.multi_resolution.head) - 1}.weight"
+    assert torch.equal(other.state_dict()[last], hrda.state_dict()[last].flip(0))  # attention rows follow names
 
 
 def test_bad_hrda_settings_give_one_line(tmp_path, tiny_pair, capsys):

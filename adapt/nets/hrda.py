@@ -99,6 +99,8 @@ class MultiResolution(nn.Module):
         offsets = []
         for side, crop in zip(size, self.detail_crop):
             choices = (int(side) - crop) // self.output_stride + 1
+            if choices < 1:
+                raise ValueError(f"detail crop {self.detail_crop} larger than the image {tuple(size)}")
             offsets.append(int(torch.randint(choices, (1,), generator=generator)) * self.output_stride)
         return offsets[0], offsets[1]
 

@@ -48,9 +48,10 @@ class SelfTrainingTask(SegmentationTask):
     8. With ``hrda`` (HRDA, ``adapt.nets.hrda``): F gains a scale-attention head, and every pass of the student
        in steps 1, 4, 5 and 6 is multi-resolution: the crop (the data's ``crop_size``, HRDA: 1024 x 1024) resized
        by ``hrda_context_scale`` is the context, a full-resolution ``hrda_detail_crop`` inside it (drawn per batch,
-       offsets on multiples of 32 px) the detail; each loss is ``(1 - hrda_detail_loss_weight)`` x that of the
-       fused logits + ``hrda_detail_loss_weight`` x that of the detail logits on the detail box (HRDA's weighting;
-       MinEnt and the feature distance use the fused logits and the context's features). The teacher's
+       offsets on multiples of F's output stride, 32 px) the detail; each loss is
+       ``(1 - hrda_detail_loss_weight)`` x that of the fused logits + ``hrda_detail_loss_weight`` x that of the
+       detail logits on the detail box (HRDA's weighting; MinEnt and the feature distance use the fused logits
+       and the context's features). The teacher's
        pseudo-labels, validation and every later use of F (``adapt evaluate`` / ``predict``) fuse the context
        with overlapping detail windows (stride half the detail crop) over the whole input; validation during
        fit slides windows of the training crop (stride half of it), HRDA's test setting.
