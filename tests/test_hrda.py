@@ -126,6 +126,26 @@ def test_pseudo_labels_average_overlapping_detail_windows():
     assert teacher(torch.rand(1, 3, 45, 77)).shape == (1, len(NAMES), 45, 77)
 
 
+def test_feature_distance_with_hrda_compares_the_contexts_features():
+    task = SelfTrainingTask(arch="fpn", encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet",
+                            class_names=NAMES, hrda=True, hrda_detail_crop=(64, 64), lambda_feature_distance=0.005,
+                            mixing=False).eval()  # eval: no drop-path draws, so the pass can be repeated by hand
+    with torch.no_grad():  # a student whose encoder has moved away from ImageNet's
+        for parameter in task.segmenter.net.encoder.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    values = _logged(task)
+    x_s, y_s = torch.rand(2, 3, 128, 128), torch.full((2, 128, 128), NAMES.index("road"))
+    y_s[:, :64, :64] = NAMES.index("car")  # a thing over one of the context's 2 x 2 feature cells
+    task.training_step({"source": {"image": x_s, "mask": y_s}, "target": {"image": torch.rand(2, 3, 128, 128)}}, 0)
+    context = task.segmenter.normalize(x_s.reshape(2, 3, 64, 2, 64, 2).mean((3, 5)))
+    with torch.no_grad():
+        features, reference = task.segmenter.net.encoder(context)[-1], task.imagenet_encoder(context)[-1]
+    assert features.shape[-2:] == (2, 2)
+    by_hand = (features - reference).norm(dim=1)[:, 0, 0].mean()
+    assert by_hand > 0
+    torch.testing.assert_close(values["train/feature_distance"], by_hand, atol=1e-4, rtol=1e-4)
+
+
 def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, hrda=True, hrda_detail_crop=list(DETAIL), lambda_entropy=0.1)
     config = yaml.safe_load(recipe.read_text())
