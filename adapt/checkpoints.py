@@ -8,7 +8,8 @@
 - Checkpoint kinds: ``checkpoint_kind`` tells an F checkpoint (``segmenter``: any task built on SegmentationTask),
   a CycleGAN translator (``translator``: TranslationTask) and an FDA translator (``fourier``: ``adapt fda``) apart;
   ``require_kind`` turns a wrong one into a ConfigError that says which file to give.
-- ``load_segmenter`` and ``load_translator`` build F and T from their checkpoints (frozen, eval mode, CPU).
+- ``load_segmenter`` and ``load_translator`` build F and T from their checkpoints (frozen, eval mode, CPU); an
+  HRDA-trained F comes back multi-resolution (``with_recorded_multi_resolution``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,15 @@ def segmenter_state(ckpt: dict) -> dict[str, torch.Tensor]:
     return {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
 
 
+def with_recorded_multi_resolution(segmenter: Segmenter, hparams: dict) -> Segmenter:
+    """``segmenter`` with HRDA's multi-resolution part (``Segmenter.enable_multi_resolution``) when the checkpoint's
+    hyperparameters record an HRDA-trained F (SelfTrainingTask ``hrda: true``), before its weights are loaded."""
+    if hparams.get("hrda"):
+        segmenter.enable_multi_resolution(hparams.get("hrda_context_scale", 0.5),
+                                          tuple(hparams.get("hrda_detail_crop", (512, 512))))
+    return segmenter
+
+
 def load_segmenter(path: str | Path, what: str = "--checkpoint", weights_only: bool = True
                    ) -> tuple[Segmenter, dict]:
     """F of a segmenter checkpoint, built from its hyperparameters without fetching encoder weights, in eval mode
@@ -120,7 +130,7 @@ def load_segmenter(path: str | Path, what: str = "--checkpoint", weights_only: b
     hp = ckpt["hyper_parameters"]
     segmenter = build_segmenter(hp["arch"], hp.get("encoder_name", "resnet18"), None,
                                 num_classes=len(hp["class_names"]), **(hp.get("segmenter_kwargs") or {}))
-    segmenter.load_state_dict(segmenter_state(ckpt))
+    with_recorded_multi_resolution(segmenter, hp).load_state_dict(segmenter_state(ckpt))
     return segmenter.eval(), dict(hp)
 
 

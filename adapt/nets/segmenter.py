@@ -77,6 +77,7 @@ class Segmenter(nn.Module):
         self.memory_format = torch.contiguous_format
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.multi_resolution = None  # HRDA's part of F (adapt.nets.hrda), added by enable_multi_resolution
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         """Checkpoints written before the statistics were saved hold no ``mean`` / ``std``: keep the built ones
@@ -98,7 +99,25 @@ class Segmenter(nn.Module):
         return self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multi_resolution is not None:  # HRDA: context + sliding detail windows, fused
+            return self.multi_resolution.predict(self, x)
+        return self.single_scale(x)
+
+    def single_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """F's plain pass at the input's resolution: float [B, 3, H, W] in [0, 1] -> logits [B, C, H, W]."""
         return self.net(self.normalize(x))
+
+    # --- HRDA (adapt.nets.hrda): an optional part of F, saved with its weights as multi_resolution.* ---
+    def enable_multi_resolution(self, context_scale: float = 0.5,
+                                detail_crop: tuple[int, int] = (512, 512)) -> "Segmenter":
+        """Add HRDA's scale-attention head (on the features the classifier reads); from then on ``forward`` is
+        HRDA's inference (``MultiResolution.predict``): context at ``context_scale``, overlapping full-resolution
+        windows of ``detail_crop``, fused by the attention."""
+        from adapt.nets.hrda import MultiResolution
+
+        self.multi_resolution = MultiResolution(self.classifier.in_channels, self.num_classes, context_scale,
+                                                detail_crop, self.output_stride)
+        return self.to(self.mean.device)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1] -> the encoder's input (standardized, in F's memory format)."""
@@ -200,13 +219,19 @@ def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_name
     ``old_names``), matching classes by name: every tensor but the classifier's is copied (names and shapes must
     agree: same arch and encoder); the classifier's weight and bias rows of classes in both lists are copied to
     their new positions, classes new to ``new_names`` keep their fresh initialization, and classes only in
-    ``old_names`` are dropped. Returns ``{"shared": [...], "new": [...], "dropped": [...]}`` (class names).
+    ``old_names`` are dropped. HRDA's attention head (``multi_resolution.*``, per-class rows matched alike) keeps
+    its fresh initialization where the state has none (a single-scale F starting an HRDA one).
+    Returns ``{"shared": [...], "new": [...], "dropped": [...]}`` (class names).
     """
     own = segmenter.state_dict()
     classifier = next(name for name, m in segmenter.named_modules() if m is segmenter.classifier)
     head = {f"{classifier}.weight", f"{classifier}.bias"}
+    if segmenter.multi_resolution is not None:  # HRDA's attention: one output channel per class as well
+        head |= {f"multi_resolution.head.{len(segmenter.multi_resolution.head) - 1}.{p}" for p in ("weight", "bias")}
     for key, value in own.items():
         if key in head or (key in ("mean", "std") and key not in state):  # F saved before its statistics were
+            continue
+        if key.startswith("multi_resolution.") and key not in state:  # HRDA's head, new to a single-scale F
             continue
         if key not in state or state[key].shape != value.shape:
             found = "missing" if key not in state else f"{tuple(state[key].shape)}, here {tuple(value.shape)}"

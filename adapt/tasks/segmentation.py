@@ -12,7 +12,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.nn import functional as nnf
 
-from adapt.checkpoints import domain_name, load_checkpoint, load_translator, require_kind, segmenter_state
+from adapt.checkpoints import (domain_name, load_checkpoint, load_translator, require_kind, segmenter_state,
+                               with_recorded_multi_resolution)
 from adapt.data.cityscapes import class_palette
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
@@ -124,12 +125,13 @@ class SegmentationTask(pl.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, weights_only: bool = True) -> "SegmentationTask":
         """The F of a segmenter checkpoint (of any task built on this one) as a SegmentationTask on the CPU, for
-        evaluation: its own arguments and weights, no encoder weights fetched."""
+        evaluation: its own arguments and weights, no encoder weights fetched; an HRDA-trained F predicts with its
+        multi-resolution fusion."""
         ckpt = load_checkpoint(path, "--checkpoint", weights_only, mmap=True)
         require_kind(ckpt, ("segmenter",), "--checkpoint", path)
         names = set(inspect.signature(cls.__init__).parameters) - {"self", "compile", "encoder_weights", "init_from"}
         task = cls(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in names}, encoder_weights=None)
-        task.segmenter.load_state_dict(segmenter_state(ckpt))
+        with_recorded_multi_resolution(task.segmenter, ckpt["hyper_parameters"]).load_state_dict(segmenter_state(ckpt))
         return task
 
     def train(self, mode: bool = True):

@@ -9,8 +9,11 @@ from torch.nn import functional as nnf
 
 from adapt.data.sampling import MIX, derive_seed, global_seed
 from adapt.errors import ConfigError
+from adapt.inference import make_protocol
 from adapt.losses import downscale_labels, entropy, feature_distance
+from adapt.nets.hrda import check_settings
 from adapt.nets.translator import translate_padded
+from adapt.tasks.hrda import multi_resolution_loss
 from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
                                 statistics_kept, strong_photometric)
 from adapt.tasks.segmentation import SegmentationTask
@@ -42,6 +45,16 @@ class SelfTrainingTask(SegmentationTask):
        probability ``mask_ratio``); ``+ lambda_masked * loss_masked``, the cross-entropy of F on them against the
        teacher's pseudo-labels of the whole, unmasked images (weighted like step 2).
     7. After the optimizer step: teacher <- EMA(teacher, F) with weight ``min(1 - 1/(step + 1), ema_alpha)``.
+    8. With ``hrda`` (HRDA, ``adapt.nets.hrda``): F gains a scale-attention head, and every pass of the student
+       in steps 1, 4, 5 and 6 is multi-resolution: the crop (the data's ``crop_size``, HRDA: 1024 x 1024) resized
+       by ``hrda_context_scale`` is the context, a full-resolution ``hrda_detail_crop`` inside it (drawn per batch,
+       offsets on multiples of F's output stride, 32 px) the detail; each loss is
+       ``(1 - hrda_detail_loss_weight)`` x that of the fused logits + ``hrda_detail_loss_weight`` x that of the
+       detail logits on the detail box (HRDA's weighting; MinEnt and the feature distance use the fused logits
+       and the context's features). The teacher's
+       pseudo-labels, validation and every later use of F (``adapt evaluate`` / ``predict``) fuse the context
+       with overlapping detail windows (stride half the detail crop) over the whole input; validation during
+       fit slides windows of the training crop (stride half of it), HRDA's test setting.
 
     Rare-class sampling of the source images is the data's ``rare_class_temperature``; domain randomization of
     them its ``augment``. Every argument of ``SegmentationTask`` applies (``init_from`` starts the student and the
@@ -66,6 +79,11 @@ class SelfTrainingTask(SegmentationTask):
         keep_statistics: F's BatchNorm running statistics stay those it starts with (``init_from``: say an F whose
             statistics AdaBN took from the unlabelled target images, ``adapt tta``); every training pass
             normalizes with its own batch's statistics and records none. Off: every pass records (source, mixed).
+        hrda: HRDA's multi-resolution training and inference (step 8; off by default).
+        hrda_context_scale: the context's resolution relative to the crop, 1/k (HRDA: 0.5).
+        hrda_detail_crop: height and width of the detail crop at full resolution, multiples of 32 no larger than
+            the crop (HRDA: 512 512).
+        hrda_detail_loss_weight: weight of the detail logits' loss, in [0, 1] (HRDA: 0.1).
     """
 
     train_domains = ("source", "target")
@@ -75,7 +93,8 @@ class SelfTrainingTask(SegmentationTask):
                  lambda_entropy: float = 0.0, lambda_feature_distance: float = 0.0,
                  feature_distance_classes: list[str] | None = None, mask_ratio: float = 0.0,
                  mask_block: float = 0.125, lambda_masked: float = 1.0, keep_statistics: bool = False,
-                 **kwargs) -> None:
+                 hrda: bool = False, hrda_context_scale: float = 0.5, hrda_detail_crop: tuple[int, int] = (512, 512),
+                 hrda_detail_loss_weight: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0 <= ema_alpha < 1 or not 0 <= pseudo_threshold < 1 or not 0 <= mask_ratio < 1:
             raise ConfigError(f"model.init_args.ema_alpha ({ema_alpha}), pseudo_threshold ({pseudo_threshold}) and "
@@ -88,6 +107,13 @@ class SelfTrainingTask(SegmentationTask):
                 raise ConfigError("model.init_args.lambda_feature_distance: the feature distance pulls F towards "
                                   "its pretrained encoder; set encoder_weights (imagenet) or lambda 0")
             self.imagenet_encoder = copy.deepcopy(self.segmenter.net.encoder).requires_grad_(False).eval()
+        if hrda:
+            if not 0 <= hrda_detail_loss_weight <= 1:
+                raise ConfigError(f"model.init_args.hrda_detail_loss_weight: {hrda_detail_loss_weight}; give a "
+                                  "weight in [0, 1] (HRDA: 0.1)")
+            self.segmenter.enable_multi_resolution(hrda_context_scale, tuple(hrda_detail_crop))
+            if self.hparams.channels_last:
+                self.segmenter.multi_resolution.to(memory_format=torch.channels_last)
         self.teacher = copy.deepcopy(self.segmenter).requires_grad_(False).eval()
         if self.hparams.compile:  # a deep copy would keep calling the student's compiled forward: compile anew
             self.teacher._compiled_call_impl = None
@@ -108,6 +134,14 @@ class SelfTrainingTask(SegmentationTask):
         super().setup(stage)  # init_from loads the student
         if stage == "fit":
             self.teacher.load_state_dict(self.segmenter.state_dict())  # a resumed run restores both afterwards
+        crop = getattr(self.trainer.datamodule, "crop_size", None) if self._trainer is not None else None
+        if self.hparams.hrda and crop:  # fail before the first step; validate like HRDA's test setting
+            self._check_crop(crop)
+            self.set_eval_protocol(make_protocol("slide", window=crop, stride=[max(c // 2, 1) for c in crop]))
+
+    def _check_crop(self, crop) -> None:
+        check_settings(self.hparams.hrda_context_scale, self.hparams.hrda_detail_crop, self.segmenter.output_stride,
+                       tuple(int(c) for c in crop))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -131,20 +165,26 @@ class SelfTrainingTask(SegmentationTask):
         if self.train_translator is not None:
             with torch.no_grad():
                 x_s = translate_padded(self.train_translator, x_s)  # x_st: source content, target style
+        generator = torch.Generator().manual_seed(derive_seed(MIX, global_seed(), self.global_rank, self.global_step))
 
-        if hp.lambda_feature_distance > 0:
-            logits_s, features_s = self.segmenter.forward_features(x_s)
+        x_fd = x_s  # the image whose ImageNet features the feature distance compares to F's
+        if hp.hrda:  # (detail boxes drawn first from the generator, before ClassMix)
+            self._check_crop(x_s.shape[-2:])
+            loss_s, value_s, passed = self._hrda_loss(x_s, y_s, None, generator, hp.lambda_feature_distance > 0)
+            features_s, x_fd = passed.features, self.segmenter.multi_resolution.context_image(x_s)
         else:
-            logits_s = self.segmenter(x_s)
-        ce_s = nnf.cross_entropy(logits_s.float(), y_s, ignore_index=ignore, reduction="sum")
-        loss_s, value_s = self.global_batch_mean(ce_s, (y_s != ignore).sum())
+            if hp.lambda_feature_distance > 0:
+                logits_s, features_s = self.segmenter.forward_features(x_s)
+            else:
+                logits_s = self.segmenter(x_s)
+            ce_s = nnf.cross_entropy(logits_s.float(), y_s, ignore_index=ignore, reduction="sum")
+            loss_s, value_s = self.global_batch_mean(ce_s, (y_s != ignore).sum())
 
         with torch.no_grad():
             pseudo_t, weight_t = pseudo_labels(self.teacher(x_t).float().softmax(1), hp.pseudo_threshold)
         if not hp.confidence_weighting:
             weight_t = torch.ones_like(weight_t)
         weight_t = weight_t[:, None, None].expand_as(pseudo_t)
-        generator = torch.Generator().manual_seed(derive_seed(MIX, global_seed(), self.global_rank, self.global_step))
         if hp.mixing:
             masks = classmix_masks(y_s, generator, ignore)
             x_m, y_m = mix(masks, x_s, x_t), mix(masks, y_s, pseudo_t)
@@ -154,17 +194,22 @@ class SelfTrainingTask(SegmentationTask):
         if hp.strong_augment:
             x_m = strong_photometric(x_m, generator)
 
-        ce_m = nnf.cross_entropy(self.segmenter(x_m).float(), y_m, ignore_index=ignore, reduction="none")
-        loss_m, value_m = self.global_batch_mean((ce_m * w_m).sum(), (y_m != ignore).sum())
+        if hp.hrda:
+            loss_m, value_m, _ = self._hrda_loss(x_m, y_m, w_m, generator)
+        else:
+            ce_m = nnf.cross_entropy(self.segmenter(x_m).float(), y_m, ignore_index=ignore, reduction="none")
+            loss_m, value_m = self.global_batch_mean((ce_m * w_m).sum(), (y_m != ignore).sum())
         loss, value = loss_s + hp.lambda_target * loss_m, value_s + hp.lambda_target * value_m
         values = {"train/loss_source": value_s, "train/loss_mixed": value_m}  # global-batch values
         if hp.lambda_entropy > 0:
-            entropy_t = entropy(self.segmenter(x_t))
+            logits_t = self.segmenter(x_t) if not hp.hrda else self.segmenter.multi_resolution.forward_train(
+                self.segmenter, x_t, self.segmenter.multi_resolution.sample_box(x_t.shape[-2:], generator)).fused
+            entropy_t = entropy(logits_t)
             count = torch.tensor(entropy_t.numel(), device=entropy_t.device)
             loss_e, values["train/entropy"] = self.global_batch_mean(entropy_t.sum(), count)
             loss, value = loss + hp.lambda_entropy * loss_e, value + hp.lambda_entropy * values["train/entropy"]
         if hp.lambda_feature_distance > 0:
-            loss_f, values["train/feature_distance"] = self._feature_distance(x_s, y_s, features_s)
+            loss_f, values["train/feature_distance"] = self._feature_distance(x_fd, y_s, features_s)
             loss = loss + hp.lambda_feature_distance * loss_f
             value = value + hp.lambda_feature_distance * values["train/feature_distance"]
         if hp.mask_ratio > 0:
@@ -175,9 +220,17 @@ class SelfTrainingTask(SegmentationTask):
         self.log("train/pseudo_weight", weight_t.mean(), batch_size=x_s.shape[0], sync_dist=True)
         return loss
 
+    def _hrda_loss(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, generator: torch.Generator,
+                   features: bool = False):
+        """HRDA's (loss to backpropagate, value, MultiResolutionOutput) of the student on ``x`` against ``y``."""
+        return multi_resolution_loss(self.segmenter, x, y, weight, generator, self.hparams.hrda_detail_loss_weight,
+                                     self.global_batch_mean, self.hparams.ignore_index, features)
+
     def _feature_distance(self, x_s: torch.Tensor, y_s: torch.Tensor,
                           features_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss to backpropagate, value): the mean feature distance over the global batch's thing cells."""
+        """(loss to backpropagate, value): the mean feature distance over the global batch's thing cells; ``x_s``
+        is the image F's ``features_s`` come from (with ``hrda``: the source crop's context), ``y_s`` its labels
+        (at any multiple of the features' resolution)."""
         with torch.no_grad():
             reference = self.imagenet_encoder(self.segmenter.normalize(x_s))[-1]
         cells = downscale_labels(y_s, features_s.shape[-2:], len(self.class_names),
@@ -194,6 +247,8 @@ class SelfTrainingTask(SegmentationTask):
         masks = block_masks((x_t.shape[0], *x_t.shape[2:]), self.hparams.mask_ratio, block, generator)
         x_masked = x_aug * masks.to(x_t)
         with statistics_kept(self.segmenter):  # 70 % black images must not become F's BatchNorm statistics
+            if self.hparams.hrda:
+                return self._hrda_loss(x_masked, pseudo_t, weight_t, generator)[:2]
             logits_masked = self.segmenter(x_masked)
         ce = nnf.cross_entropy(logits_masked.float(), pseudo_t, reduction="none")
         return self.global_batch_mean((ce * weight_t).sum(), torch.tensor(ce.numel(), device=ce.device))

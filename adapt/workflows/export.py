@@ -178,6 +178,9 @@ def export_onnx(checkpoint: str, output: str, translator: str | None = None, ops
         raise ConfigError(f"--opset {opset}: give an ONNX opset from {OPSETS[0]} to {OPSETS[1]} (default 18)")
     onnx, onnxruntime = _require_onnx()
     segmenter, hparams = load_segmenter(checkpoint, "--checkpoint", weights_only)
+    if segmenter.multi_resolution is not None:
+        raise ConfigError(f"--checkpoint: {checkpoint} is an HRDA (multi-resolution) F, whose sliding detail windows "
+                          "follow the image size, which a traced ONNX graph cannot; evaluate or predict it in Python")
     sources = [recipe_hash(checkpoint, "segmenter", weights_only)]
     generator = None
     if translator is not None:

@@ -1,0 +1,238 @@
+"""HRDA's multi-resolution F: the fusion, the detail crops, the sliding pseudo-labels, computed again by hand; a tiny
+run through the real CLI whose checkpoint evaluates with the fusion; bad settings as one line."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import adapt_main
+from test_daformer_mic import NAMES, _logged
+from test_self_training import _self_training_recipe
+
+from adapt.errors import ConfigError
+from adapt.nets.hrda import MultiResolution
+from adapt.nets.segmenter import build_segmenter
+from adapt.tasks import SelfTrainingTask
+
+DETAIL = (32, 32)  # in 64 x 64 crops; the context is 32 x 32
+
+
+def _segmenter(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_segmenter("fpn", "resnet18", None, num_classes=len(NAMES)).enable_multi_resolution(0.5, DETAIL)
+
+
+def _upsampling(out: int, size: int) -> torch.Tensor:
+    """float [out, size]: bilinear resizing (half-pixel centres, edges clamped) as a matrix, written out by hand."""
+    matrix = torch.zeros(out, size)
+    for i in range(out):
+        source = max((i + 0.5) * size / out - 0.5, 0.0)
+        low = min(math.floor(source), size - 1)
+        high, frac = min(low + 1, size - 1), source - low
+        matrix[i, low] += 1 - frac
+        matrix[i, high] += frac
+    return matrix
+
+
+def _up(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    rows, cols = _upsampling(height, t.shape[-2]), _upsampling(width, t.shape[-1])
+    return torch.einsum("hi,bcij,wj->bchw", rows, t, cols)
+
+
+@torch.no_grad()
+def test_fused_logits_are_the_attention_weighted_sum_of_the_two_scales():
+    segmenter = _segmenter().eval()
+    hrda = segmenter.multi_resolution
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    top, left = 32, 0
+    out = hrda.forward_train(segmenter, x, (top, left))
+    # the context is x at half resolution (each pixel the mean of a 2 x 2 block), the detail the box at full
+    context_image = x.reshape(2, 3, 32, 2, 32, 2).mean((3, 5))
+    torch.testing.assert_close(out.context, segmenter.single_scale(context_image), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.detail, segmenter.single_scale(x[..., 32:64, 0:32]), atol=1e-5, rtol=1e-5)
+    assert out.attention.shape == (2, len(NAMES), 32, 32) and 0 <= out.attention.min() <= out.attention.max() <= 1
+    # HRDA's fusion: the attention zeroed outside the box (context pixels 16:32 x 0:16), weighing the detail
+    attention = torch.zeros_like(out.attention)
+    attention[..., 16:32, 0:16] = out.attention[..., 16:32, 0:16]
+    inserted = torch.zeros(2, len(NAMES), 64, 64)
+    inserted[..., 32:64, 0:32] = out.detail
+    expected = _up(attention, 64, 64) * inserted + _up((1 - attention) * out.context, 64, 64)
+    torch.testing.assert_close(out.fused, expected, atol=1e-5, rtol=1e-5)
+    # away from the box (beyond bilinear's one-pixel seam) the fused logits are the upsampled context's
+    plain = _up(out.context, 64, 64)
+    torch.testing.assert_close(out.fused[..., :31, :], plain[..., :31, :], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.fused[..., :, 33:], plain[..., :, 33:], atol=1e-5, rtol=1e-5)
+    inside = (out.fused - plain)[..., 33:63, 1:31].abs()
+    assert inside.max() > 1e-3  # where the detail counts, it changes the prediction
+
+
+def test_detail_crops_lie_inside_the_crop_on_the_output_stride():
+    hrda = MultiResolution(16, 3, 0.5, (32, 64))
+    for size in ((64, 64), (128, 96), (32, 64)):
+        boxes = {hrda.sample_box(size, torch.Generator().manual_seed(seed)) for seed in range(300)}
+        expected = {(t, l) for t in range(0, size[0] - 32 + 1, 32) for l in range(0, size[1] - 64 + 1, 32)}
+        assert boxes == expected  # every offset on multiples of 32 whose crop fits, and no other
+    assert hrda.sample_box((128, 96), torch.Generator().manual_seed(7)) == hrda.sample_box(
+        (128, 96), torch.Generator().manual_seed(7))
+    # in a training step, the student's detail pass sees such a crop of the source batch
+    torch.manual_seed(0)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL, mixing=False)
+    seen = []
+    single_scale = task.segmenter.single_scale
+    task.segmenter.single_scale = lambda x: seen.append(x) or single_scale(x)
+    _logged(task)
+    x_s = torch.rand(2, 3, 64, 64)
+    batch = {"source": {"image": x_s, "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+             "target": {"image": torch.rand(2, 3, 64, 64)}}
+    task.training_step(batch, 0)
+    detail = seen[1]  # the source pass: context, then detail
+    crops = [x_s[..., t:t + 32, l:l + 32] for t in (0, 32) for l in (0, 32)]
+    assert detail.shape == (2, 3, 32, 32) and sum(torch.equal(detail, c) for c in crops) == 1
+
+
+@torch.no_grad()
+def test_pseudo_labels_average_overlapping_detail_windows():
+    torch.manual_seed(0)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL, mixing=False)
+    teacher = task.teacher
+    x_t = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    context, attention, _ = teacher.multi_resolution.context_pass(teacher, x_t)
+    total, count = torch.zeros(2, len(NAMES), 64, 64), torch.zeros(64, 64)
+    for top in (0, 16, 32):  # 32 px windows, stride 16, the last at the border
+        for left in (0, 16, 32):
+            total[..., top:top + 32, left:left + 32] += teacher.single_scale(x_t[..., top:top + 32, left:left + 32])
+            count[top:top + 32, left:left + 32] += 1
+    assert count[0, 0] == 1 and count[20, 20] == 4 and count[20, 0] == 2
+    detail = total / count
+    expected = _up(attention, 64, 64) * detail + _up((1 - attention) * context, 64, 64)
+    torch.testing.assert_close(teacher(x_t), expected, atol=1e-5, rtol=1e-5)
+    # the training step labels the target batch with exactly that prediction of the teacher
+    labelled = []
+    teacher.register_forward_hook(lambda module, inputs, output: labelled.append((inputs[0], output)))
+    with torch.enable_grad():
+        _logged(task)
+        task.training_step({"source": {"image": torch.rand(2, 3, 64, 64),
+                                       "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+                            "target": {"image": x_t}}, 0)
+    assert len(labelled) == 1 and torch.equal(labelled[0][0], x_t)
+    torch.testing.assert_close(labelled[0][1], expected, atol=1e-5, rtol=1e-5)
+    # any input size: padded to the context's multiple, cropped back
+    assert teacher(torch.rand(1, 3, 45, 77)).shape == (1, len(NAMES), 45, 77)
+
+
+def test_feature_distance_with_hrda_compares_the_contexts_features():
+    task = SelfTrainingTask(arch="fpn", encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet",
+                            class_names=NAMES, hrda=True, hrda_detail_crop=(64, 64), lambda_feature_distance=0.005,
+                            mixing=False).eval()  # eval: no drop-path draws, so the pass can be repeated by hand
+    with torch.no_grad():  # a student whose encoder has moved away from ImageNet's
+        for parameter in task.segmenter.net.encoder.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    values = _logged(task)
+    x_s, y_s = torch.rand(2, 3, 128, 128), torch.full((2, 128, 128), NAMES.index("road"))
+    y_s[:, :64, :64] = NAMES.index("car")  # a thing over one of the context's 2 x 2 feature cells
+    task.training_step({"source": {"image": x_s, "mask": y_s}, "target": {"image": torch.rand(2, 3, 128, 128)}}, 0)
+    context = task.segmenter.normalize(x_s.reshape(2, 3, 64, 2, 64, 2).mean((3, 5)))
+    with torch.no_grad():
+        features, reference = task.segmenter.net.encoder(context)[-1], task.imagenet_encoder(context)[-1]
+    assert features.shape[-2:] == (2, 2)
+    by_hand = (features - reference).norm(dim=1)[:, 0, 0].mean()
+    assert by_hand > 0
+    torch.testing.assert_close(values["train/feature_distance"], by_hand, atol=1e-4, rtol=1e-4)
+
+
+def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair, capsys):
+    recipe = _self_training_recipe(tmp_path, tiny_pair, hrda=True, hrda_detail_crop=list(DETAIL), lambda_entropy=0.1)
+    config = yaml.safe_load(recipe.read_text())
+    config["trainer"].update(max_steps=2, val_check_interval=2, limit_val_batches=1)  # validates (slide) at step 2
+    config["data"]["init_args"].update(batch_size=2)
+    recipe.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
+    assert code == 0, err[-3000:]
+    lines = next(run_dir.rglob("metrics.csv")).read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    for column in ("train/loss_source", "train/loss_mixed", "train/entropy", "val/miou"):
+        values = [float(row[header.index(column)]) for row in rows if row[header.index(column)]]
+        assert values and all(math.isfinite(v) for v in values), column
+    ckpt_path = next(run_dir.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["hrda"] is True
+    assert any(k.startswith("segmenter.multi_resolution.") for k in ckpt["state_dict"])
+    assert any(k.startswith("teacher.multi_resolution.") for k in ckpt["state_dict"])
+
+    out = tmp_path / "eval"
+    code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"),
+                              "--split", "val", "--out", str(out), "--plots", "false", "--protocol", "slide",
+                              "--window", "[64, 64]", "--stride", "[32, 32]")
+    assert code == 0, err[-2000:]
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["protocol"]["mode"] == "slide" and scores["protocol"]["window"] == [64, 64]
+
+    from adapt.checkpoints import load_segmenter
+    from adapt.data import FolderDataset
+    from adapt.inference import predict
+
+    segmenter, _ = load_segmenter(ckpt_path)  # the loaded F fuses: the evaluation's mIoU, recomputed with it
+    assert segmenter.multi_resolution is not None
+    dataset = FolderDataset(tiny_pair / "target", split="val")
+    matrix = np.zeros((len(NAMES), len(NAMES)), dtype=np.int64)
+    with torch.no_grad():
+        for sample in dataset:
+            x = sample["image"][None]
+            logits = predict(segmenter, x, scores["protocol"])
+            torch.testing.assert_close(logits, segmenter.multi_resolution.predict(segmenter, x))
+            assert not torch.allclose(logits, segmenter.single_scale(x), atol=1e-4)
+            label, pred = sample["mask"].flatten().numpy(), logits.argmax(1).flatten().numpy()
+            keep = label != 255
+            np.add.at(matrix, (label[keep], pred[keep]), 1)
+    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    iou = [100 * matrix[c, c] / union[c] for c in range(len(NAMES)) if matrix[c].sum() > 0]
+    assert abs(scores["miou"] - float(np.mean(iou))) < 1e-3
+    code, _, err = adapt_main(capsys, "export", "--checkpoint", str(ckpt_path), "--output", str(tmp_path / "f.onnx"))
+    assert code == 2 and "is an HRDA (multi-resolution) F" in err and not (tmp_path / "f.onnx").exists(), err[-2000:]
+
+
+def test_a_single_scale_f_starts_an_hrda_one_and_classes_match_by_name():
+    from adapt.nets.segmenter import load_matching
+
+    plain = build_segmenter("fpn", "resnet18", None, num_classes=len(NAMES))
+    hrda = _segmenter(seed=1)
+    head = {k: v.clone() for k, v in hrda.state_dict().items() if k.startswith("multi_resolution.")}
+    load_matching(hrda, plain.state_dict(), NAMES, NAMES)
+    state = hrda.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in head.items())  # the attention head keeps its initialization
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())  # the rest is the plain F
+    reordered = NAMES[::-1]
+    other = _segmenter(seed=2)
+    load_matching(other, hrda.state_dict(), NAMES, reordered)  # an HRDA F into one with the classes reversed
+    last = f"multi_resolution.head.{len(other.multi_resolution.head) - 1}.weight"
+    assert torch.equal(other.state_dict()[last], hrda.state_dict()[last].flip(0))  # attention rows follow names
+
+
+def test_bad_hrda_settings_give_one_line(tmp_path, tiny_pair, capsys):
+    for settings, words in (({"hrda_detail_crop": (40, 40)}, "hrda_detail_crop: [40, 40]; give two positive "
+                                                             "multiples of F's output stride 32"),
+                            ({"hrda_context_scale": 0.3}, "hrda_context_scale: 0.3; give 1/k"),
+                            ({"hrda_detail_loss_weight": 1.5}, "hrda_detail_loss_weight: 1.5")):
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")) as caught:
+            SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, **settings)
+        assert "\n" not in str(caught.value)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL)
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(crop_size=[64, 64]))
+    task.setup("validate")  # validation slides windows of the training crop, as HRDA tests
+    assert task.eval_protocol["window"] == [64, 64] and task.eval_protocol["stride"] == [32, 32]
+    task._trainer.datamodule.crop_size = [96, 96]  # not a multiple of 64: the half-resolution context would not fit
+    with pytest.raises(ConfigError, match=r"crop_size: \[96, 96\].*multiples of 64"):
+        task.setup("validate")
+    code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair, hrda=True)),
+                              f"--trainer.default_root_dir={tmp_path / 'run'}")  # HRDA's 512 detail, 64 px crops
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("adapt: error: model.init_args.hrda_detail_crop: [512, 512] is larger than the "
+                           "training crop [64, 64]"), line
