@@ -86,6 +86,8 @@ def plain_loop(args, loader: DataLoader, device: torch.device, total: int) -> fl
     model = build_segmenter(args.arch, args.encoder_name, None, num_classes=len(CLASSES)).to(device)
     if args.channels_last:
         model.to_channels_last()
+    if args.compile:
+        model.compile(**({} if args.compile == "inductor" else {"backend": args.compile}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     poly = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
@@ -120,7 +122,8 @@ def _now(device: torch.device) -> float:
 def adapt_fit(args, loader: DataLoader, device: torch.device, total: int) -> float:
     torch.manual_seed(0)
     task = SegmentationTask(args.arch, args.encoder_name, None, CLASSES, lr=1e-3, weight_decay=1e-4,
-                            channels_last=args.channels_last)
+                            channels_last=args.channels_last,
+                            compile=False if not args.compile else True if args.compile == "inductor" else args.compile)
     clock = Clock(args.warmup, args.steps, device)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator=device.type, devices=1, precision=args.precision, max_steps=total,
@@ -143,6 +146,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"))
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--compile", help="torch.compile F with this backend on both sides (inductor, eager...)")
     parser.add_argument("--only", choices=("plain", "adapt"), help=argparse.SUPPRESS)  # one run (a child process)
     args = parser.parse_args()
     quiet_lightning()
@@ -156,7 +160,8 @@ def main() -> None:
         print(f"RATE {args.steps * args.batch_size / seconds}")
         return
     print(f"{args.arch}-{args.encoder_name}, batch {args.batch_size} x {args.size[0]}x{args.size[1]}, "
-          f"{args.precision}{', channels_last' if args.channels_last else ''}, {device}, "
+          f"{args.precision}{', channels_last' if args.channels_last else ''}"
+          f"{f', compiled ({args.compile})' if args.compile else ''}, {device}, "
           f"torch threads {torch.get_num_threads()}; {args.steps} timed steps after {args.warmup}; "
           "each run in a fresh process")
     rates: dict[str, list[float]] = {"plain": [], "adapt": []}
