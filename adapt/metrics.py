@@ -58,8 +58,9 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
 
 
 # Class subsets of published protocols: subset -> (metric name, classes, what it is). SYNTHIA -> Cityscapes results
-# are the mean over the 16 classes SYNTHIA labels (the 19 Cityscapes classes but terrain, truck and train) and over 13
-# of them (also without wall, fence and pole), from the same 19-class confusion matrix (DAFormer, HRDA, MIC report both).
+# are the mean over the 16 classes SYNTHIA labels (the 19 Cityscapes classes but terrain, truck and train) and over
+# 13 of them (also without wall, fence and pole), from the same 19-class confusion matrix (DAFormer, HRDA, MIC
+# report both).
 SYNTHIA_16 = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
               "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle")
 CLASS_SUBSETS: dict[str, tuple[str, tuple[str, ...], str]] = {

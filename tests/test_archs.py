@@ -93,7 +93,7 @@ def test_daformer_decoder_size_matches_daformers_configuration():
     reference += embed * classes + classes  # conv_seg: nn.Conv2d(256, 19, 1) with bias
     net = DAFormer("mit_b5", None, classes=classes)
     ours = sum(p.numel() for module in (net.decoder, net.segmentation_head) for p in module.parameters())
-    assert abs(ours - reference) <= 0.01 * reference, (ours, reference)
+    assert ours == reference == 3_712_275  # the issue asks for 1 %; the count agrees exactly (README states it)
     assert [m.in_channels for m in net.decoder.embed] == list(channels)
 
 

@@ -146,6 +146,23 @@ def test_feature_distance_with_hrda_compares_the_contexts_features():
     torch.testing.assert_close(values["train/feature_distance"], by_hand, atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("arch, encoder, side", [("fpn", "resnet18", 64), ("dpt", "tu-vit_small_patch14_dinov2", 56)])
+def test_context_pass_returns_the_encoders_deepest_features_for_every_arch(arch, encoder, side):
+    """The feature distance under HRDA reads the context pass's deepest encoder features: CNNs and plain ViTs
+    (whose nets call the encoder's token pass, not its forward) alike."""
+    torch.manual_seed(0)
+    segmenter = build_segmenter(arch, encoder, None, num_classes=len(NAMES)).eval()
+    stride = segmenter.output_stride
+    multi = MultiResolution(segmenter.classifier.in_channels, len(NAMES), 0.5, (stride, stride), stride).eval()
+    x = torch.rand(1, 3, 2 * side, 2 * side)
+    logits, attention, features = multi.context_pass(segmenter, x, features=True)
+    expected_logits, expected_features = segmenter.forward_features(multi.context_image(x))
+    assert features is not None and attention.shape == logits.shape
+    torch.testing.assert_close(features, expected_features)
+    torch.testing.assert_close(logits, expected_logits)
+
+
 def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, hrda=True, hrda_detail_crop=list(DETAIL), lambda_entropy=0.1)
     config = yaml.safe_load(recipe.read_text())

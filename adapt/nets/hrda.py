@@ -116,15 +116,12 @@ class MultiResolution(nn.Module):
         logits [B, C, sH, sW], attention [B, C, sH, sW] in [0, 1], deepest encoder features or None)."""
         context = self.context_image(x)
         seen: dict[str, torch.Tensor] = {}
-        hooks = [segmenter.classifier.register_forward_pre_hook(lambda m, args: seen.__setitem__("head", args[0]))]
-        if features:
-            hooks.append(segmenter.net.encoder.register_forward_hook(
-                lambda m, args, out: seen.__setitem__("encoder", out[-1])))
-        try:
-            logits = segmenter.single_scale(context)
+        hook = segmenter.classifier.register_forward_pre_hook(lambda m, args: seen.__setitem__("head", args[0]))
+        try:  # forward_features: every arch's one pass that also returns its deepest encoder features
+            logits, seen["encoder"] = segmenter.forward_features(context) if features else (
+                segmenter.single_scale(context), None)
         finally:
-            for hook in hooks:
-                hook.remove()
+            hook.remove()
         attention = torch.sigmoid(self.head(seen["head"]))
         attention = nnf.interpolate(attention, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return logits, attention, seen.get("encoder")

@@ -81,8 +81,8 @@ class SelfTrainingTask(SegmentationTask):
             normalizes with its own batch's statistics and records none. Off: every pass records (source, mixed).
         hrda: HRDA's multi-resolution training and inference (step 8; off by default).
         hrda_context_scale: the context's resolution relative to the crop, 1/k (HRDA: 0.5).
-        hrda_detail_crop: height and width of the detail crop at full resolution, multiples of 32 no larger than
-            the crop (HRDA: 512 512).
+        hrda_detail_crop: height and width of the detail crop at full resolution, multiples of F's output stride
+            (32) no larger than the crop (HRDA: 512 512).
         hrda_detail_loss_weight: weight of the detail logits' loss, in [0, 1] (HRDA: 0.1).
     """
 

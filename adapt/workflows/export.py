@@ -3,8 +3,9 @@
 The graph takes what F takes and gives what ``adapt evaluate`` (full protocol) computes: float32 RGB images
 [B, 3, H, W] in [0, 1] of any batch and size in, logits float32 [B, C, H, W] at the input's size out. F's input
 normalisation (its ``mean`` / ``std`` buffers) and the padding of ``predict_padded`` (right / bottom, replicate, to
-a multiple of 32, cropped back) are inside the graph; with a translator, so are ``translate_padded``'s (reflect,
-to a multiple of the generator's stride and at least twice it) and T's [0, 1] <-> [-1, 1] conversions.
+a multiple of F's output stride, 32 or a ViT's patch size, cropped back) are inside the graph; with a translator,
+so are ``translate_padded``'s (reflect, to a multiple of the generator's stride and at least twice it) and T's
+[0, 1] <-> [-1, 1] conversions.
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): tracing records the shape arithmetic, so the pad
 amounts follow each input's size; the torch.export-based one gives the same outputs here, about twenty times

@@ -7,8 +7,8 @@
   does), then the running statistics are recomputed as in AdaBN so that F can be evaluated in eval mode.
 
 The result is a segmenter checkpoint with the input's hyperparameters and new weights, written atomically, so
-``adapt evaluate`` scores it like any other. Images are cropped at the top left to multiples of 32 (F's stride),
-so no padding enters the statistics.
+``adapt evaluate`` scores it like any other. Images are cropped at the top left to multiples of F's output
+stride (32; a ViT's patch size), so no padding enters the statistics.
 """
 
 from __future__ import annotations
