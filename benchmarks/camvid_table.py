@@ -59,13 +59,13 @@ def table(out: Path, seeds: list[int]) -> str:
         spread = f" ± {statistics.stdev(values):5.2f}" if len(values) > 1 else ""
         rows.append((label, values, spread, statistics.mean(seconds) / 60 if seconds else None))
     source, oracle = means["source only"], means["oracle: 31 labelled dusk frames (reference)"]
-    lines = [f"{'method':<50} {'dusk mIoU (mean ± std)':>23}  {'gap closed':>10}  {'min/seed':>8}  per seed"]
+    lines = [f"{'method':<52} {'dusk mIoU (mean ± std)':>23}  {'gap closed':>10}  {'min/seed':>8}  per seed"]
     for label, values, spread, minutes in rows:
         mean = means[label]
         gap = (f"{100 * (mean - source) / (oracle - source):9.1f}%" if None not in (mean, source, oracle)
                and oracle != source else f"{'-':>10}")
         cell = f"{mean:6.2f}{spread}" if mean is not None else "-"
-        lines.append(f"{label:<50} {cell:>23}  {gap}  {f'{minutes:.1f}' if minutes else '-':>8}  "
+        lines.append(f"{label:<52} {cell:>23}  {gap}  {f'{minutes:.1f}' if minutes else '-':>8}  "
                      + " ".join(f"{v:.2f}" for v in values))
     return "\n".join(lines)
 
