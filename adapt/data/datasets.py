@@ -22,7 +22,7 @@ from adapt.errors import DataError
 DatasetKind = Literal["folder", "gta5", "cityscapes", "synthia", "acdc", "darkzurich", "carla", "carla_legacy"]
 KINDS: tuple[str, ...] = DatasetKind.__args__
 CITYSCAPES_KINDS = KINDS[1:]  # the layouts labelled with the 19 Cityscapes classes
-LABEL_ID_KINDS = ("gta5", "cityscapes", "acdc", "darkzurich")  # label files hold Cityscapes label ids (0..33)
+CARLA_TAGS = {"carla": "0.9.14", "carla_legacy": "0.9.13"}  # kind -> the CARLA tag table its labels hold
 
 
 def _unknown(kind: str) -> DataError:
@@ -55,8 +55,7 @@ def open_dataset(kind: str, root: str, split: str | None, labels: bool,
         case "darkzurich":
             return DarkZurichDataset(root, split, labels=labels, transform=transform)
         case "carla" | "carla_legacy":
-            return CarlaDataset(root, labels=labels, transform=transform, list_file=split,
-                                tags="0.9.14" if kind == "carla" else "0.9.13")
+            return CarlaDataset(root, labels=labels, transform=transform, list_file=split, tags=CARLA_TAGS[kind])
     raise _unknown(kind)
 
 
@@ -115,7 +114,7 @@ def label_format(kind: str, root: Path, split: str | None = None) -> LabelFormat
             return LabelFormat(walk_synthia(root, split), split, CITYSCAPES_CLASSES, read_synthia_label,
                                synthia_lut(), synthia_valid())
         case "carla" | "carla_legacy":
-            tags = "0.9.14" if kind == "carla" else "0.9.13"
+            tags = CARLA_TAGS[kind]
             return LabelFormat(walk_carla(root, split), split, CITYSCAPES_CLASSES, read_carla_label, carla_lut(tags),
                                carla_valid(tags))
     raise _unknown(kind)

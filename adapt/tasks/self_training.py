@@ -13,7 +13,7 @@ from adapt.inference import make_protocol
 from adapt.losses import downscale_labels, entropy, feature_distance
 from adapt.nets.hrda import check_settings
 from adapt.nets.translator import translate_padded
-from adapt.tasks.hrda import multi_resolution_loss
+from adapt.tasks.hrda import multi_resolution_loss, pixel_cross_entropy
 from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
                                 statistics_kept, strong_photometric)
 from adapt.tasks.segmentation import SegmentationTask
@@ -197,8 +197,7 @@ class SelfTrainingTask(SegmentationTask):
         if hp.hrda:
             loss_m, value_m, _ = self._hrda_loss(x_m, y_m, w_m, generator)
         else:
-            ce_m = nnf.cross_entropy(self.segmenter(x_m).float(), y_m, ignore_index=ignore, reduction="none")
-            loss_m, value_m = self.global_batch_mean((ce_m * w_m).sum(), (y_m != ignore).sum())
+            loss_m, value_m = self.global_batch_mean(*pixel_cross_entropy(self.segmenter(x_m), y_m, w_m, ignore))
         loss, value = loss_s + hp.lambda_target * loss_m, value_s + hp.lambda_target * value_m
         values = {"train/loss_source": value_s, "train/loss_mixed": value_m}  # global-batch values
         if hp.lambda_entropy > 0:
