@@ -149,3 +149,28 @@ def test_keep_statistics_leaves_batchnorm_statistics_as_they_started():
     task.training_step(batch, 0).backward()
     assert before and all(torch.equal(task.segmenter.state_dict()[k], v) for k, v in before.items())
     assert all(m.track_running_stats for m in task.segmenter.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_freeze_norm_normalizes_every_pass_with_the_running_statistics_and_records_none():
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7, freeze_norm=True)
+    norms = [m for m in task.segmenter.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:  # running statistics unlike any batch's, so that normalizing by the batch would show
+        m.running_mean.fill_(0.3), m.running_var.fill_(2.0)
+    task.train()
+    assert norms and not any(m.training for m in norms) and task.segmenter.net.decoder.training
+    before = {k: v.clone() for k, v in task.segmenter.state_dict().items() if "running" in k or "batches" in k}
+    inputs = []
+    hook = norms[0].register_forward_hook(  # copies: the in-place ReLU after it overwrites its output
+        lambda m, args, out: inputs.append((args[0].detach().clone(), out.detach().clone())))
+    batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
+             "target": {"image": torch.rand(2, 3, 64, 64)}}
+    _logged(task)
+    task.training_step(batch, 0).backward()
+    hook.remove()
+    assert len(inputs) == 3  # the source, the mixed and the masked pass of the student
+    for x, out in inputs:
+        by_hand = nnf.batch_norm(x, norms[0].running_mean, norms[0].running_var, norms[0].weight, norms[0].bias,
+                                 False, 0.0, norms[0].eps)
+        assert torch.allclose(out, by_hand, atol=1e-5)
+    assert all(torch.equal(task.segmenter.state_dict()[k], v) for k, v in before.items())
+    assert any(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in norms)  # scale still learns

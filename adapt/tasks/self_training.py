@@ -79,6 +79,9 @@ class SelfTrainingTask(SegmentationTask):
         keep_statistics: F's BatchNorm running statistics stay those it starts with (``init_from``: say an F whose
             statistics AdaBN took from the unlabelled target images, ``adapt tta``); every training pass
             normalizes with its own batch's statistics and records none. Off: every pass records (source, mixed).
+        freeze_norm: F's BatchNorm layers stay in eval mode while it trains: every pass (source, mixed, masked)
+            normalizes with the running statistics F starts with, the ones it is evaluated with, and records none
+            (their scale and shift still learn). Implies ``keep_statistics``.
         hrda: HRDA's multi-resolution training and inference (step 8; off by default).
         hrda_context_scale: the context's resolution relative to the crop, 1/k (HRDA: 0.5).
         hrda_detail_crop: height and width of the detail crop at full resolution, multiples of F's output stride
@@ -93,6 +96,7 @@ class SelfTrainingTask(SegmentationTask):
                  lambda_entropy: float = 0.0, lambda_feature_distance: float = 0.0,
                  feature_distance_classes: list[str] | None = None, mask_ratio: float = 0.0,
                  mask_block: float = 0.125, lambda_masked: float = 1.0, keep_statistics: bool = False,
+                 freeze_norm: bool = False,
                  hrda: bool = False, hrda_context_scale: float = 0.5, hrda_detail_crop: tuple[int, int] = (512, 512),
                  hrda_detail_loss_weight: float = 0.1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -148,6 +152,10 @@ class SelfTrainingTask(SegmentationTask):
         for frozen in ("teacher", "imagenet_encoder"):
             if hasattr(self, frozen):
                 getattr(self, frozen).eval()  # always predicts with its (EMA / ImageNet) running statistics
+        if self.hparams.freeze_norm:
+            for module in self.segmenter.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
