@@ -100,7 +100,8 @@ def test_downscaled_labels_need_three_quarters_of_a_cell():
 
 def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, encoder_name="timm-tf_efficientnet_lite0",
-                                   encoder_weights="imagenet", lambda_feature_distance=0.005, mask_ratio=0.7)
+                                   encoder_weights="imagenet", lambda_feature_distance=0.005, mask_ratio=0.7,
+                                   freeze_norm=True)
     config = yaml.safe_load(recipe.read_text())
     config["data"]["init_args"].update(rare_class_temperature=0.01, augment="strong")
     config["trainer"].update(max_steps=2, limit_val_batches=1)
@@ -111,6 +112,10 @@ def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys)
     metrics = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"train/feature_distance", "train/loss_masked", "train/loss_mixed"} <= set(metrics)
     assert (run_dir / "rare_class_stats.json").is_file()
+    state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    running = [k for k in state if k.startswith("imagenet_encoder.") and k.endswith(("running_mean", "running_var"))]
+    assert running and all(torch.equal(state[k], state["segmenter.net.encoder." + k.split(".", 1)[1]])
+                           for k in running)  # freeze_norm: F's statistics are still the ImageNet ones it began with
 
 
 def test_statistics_kept_normalizes_by_batch_and_records_nothing():
