@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
+from adapt.nets.segmenter import batch_norms
+
 
 def ema_alpha(step: int, alpha: float) -> float:
     """The EMA weight at optimizer step ``step`` (0-based): ``min(1 - 1 / (step + 1), alpha)``, so that the
@@ -111,7 +113,7 @@ def statistics_kept(module: torch.nn.Module) -> Iterator[None]:
     """Within the block, train-mode BatchNorm layers of ``module`` still normalize with the batch's statistics but
     leave their running statistics (and batch counter) as they are: for auxiliary inputs such as MIC's masked
     images, whose statistics (70 % black) are not the target's."""
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norms(module)
     saved = [m.track_running_stats for m in norms]
     for m in norms:
         m.track_running_stats = False  # in train mode: batch statistics, nothing recorded (timm's norms alike)

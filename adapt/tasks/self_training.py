@@ -12,6 +12,7 @@ from adapt.errors import ConfigError
 from adapt.inference import make_protocol
 from adapt.losses import downscale_labels, entropy, feature_distance
 from adapt.nets.hrda import check_settings
+from adapt.nets.segmenter import batch_norms
 from adapt.nets.translator import translate_padded
 from adapt.tasks.hrda import multi_resolution_loss, pixel_cross_entropy
 from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
@@ -153,9 +154,8 @@ class SelfTrainingTask(SegmentationTask):
             if hasattr(self, frozen):
                 getattr(self, frozen).eval()  # always predicts with its (EMA / ImageNet) running statistics
         if self.hparams.freeze_norm:
-            for module in self.segmenter.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for norm in batch_norms(self.segmenter):
+                norm.eval()
         return self
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -25,20 +25,15 @@ from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError
 from adapt.inference import crop_to_multiple
 from adapt.losses import entropy
-from adapt.nets.segmenter import Segmenter
-
-
-def batchnorms(segmenter: torch.nn.Module) -> list[_BatchNorm]:
-    layers = [m for m in segmenter.modules() if isinstance(m, _BatchNorm)]
-    if not layers:
-        raise ConfigError("this F has no BatchNorm layers: AdaBN and TENT adapt BatchNorm, so they cannot help it")
-    return layers
+from adapt.nets.segmenter import Segmenter, batch_norms
 
 
 def _statistics_mode(segmenter: torch.nn.Module) -> list[_BatchNorm]:
     """Eval mode for all but BatchNorm, which normalizes with (and records) batch statistics."""
+    layers = batch_norms(segmenter)
+    if not layers:
+        raise ConfigError("this F has no BatchNorm layers: AdaBN and TENT adapt BatchNorm, so they cannot help it")
     segmenter.eval()
-    layers = batchnorms(segmenter)
     for layer in layers:
         layer.train()
     return layers
