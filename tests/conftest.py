@@ -89,7 +89,10 @@ def fit_run(tiny_pair, tmp_path_factory) -> Path:
     from filelock import FileLock
     from test_cli import tiny_recipe
 
-    folder = tmp_path_factory.getbasetemp().parent / "fit_run"  # shared by xdist workers
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's base is one folder of the session's: their parent is shared; without xdist the
+    # parent is /tmp/pytest-of-USER, shared with every other session (and older code), so the base itself
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "fit_run"
     folder.mkdir(exist_ok=True)
     run_dir = folder / "run"
     with FileLock(str(folder / "lock")):
