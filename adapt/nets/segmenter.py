@@ -132,10 +132,10 @@ class Segmenter(nn.Module):
         return self.net.segmentation_head(self.net.decoder(features)), features[-1]
 
 
-
 def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """``module``'s BatchNorm layers (torch's, timm's and the CPU SyncBatchNorm alike), in ``modules()`` order."""
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):

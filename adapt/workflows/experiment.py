@@ -49,8 +49,8 @@ STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, 
               "fda": {"name", "fda"}}
 # the workflow each kind of stage calls, and the arguments the stage itself fills in (not the experiment file):
 # a stage's keys are the other arguments of that function, with the function's own defaults
-WORKFLOWS = {"evaluate": (evaluate, {"out", "verbose"}), "tta": (adapt_checkpoint, {"output"}),
-             "fda": (fda_checkpoint, {"output", "seed"})}  # FDA's references are drawn by the run's seed
+WORKFLOWS = {"evaluate": (evaluate, {"out", "verbose"}), "tta": (adapt_checkpoint, {"output", "seed"}),
+             "fda": (fda_checkpoint, {"output", "seed"})}  # TENT's batches, FDA's references: the run's seed
 
 
 def stage_keys(kind: str) -> tuple[set[str], set[str]]:

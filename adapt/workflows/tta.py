@@ -56,9 +56,11 @@ def adabn(segmenter: Segmenter, loader: DataLoader) -> None:
     segmenter.eval()
 
 
-def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3) -> list[float]:
+def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3,
+         statistics: DataLoader | None = None) -> list[float]:
     """``steps`` Adam steps on BatchNorm's affine parameters minimising the mean softmax entropy (nats) of the
-    target batches of ``loader`` (cycled), then ``adabn``. Returns the entropy before each step."""
+    target batches of ``loader`` (cycled), then ``adabn`` over ``statistics`` (default: ``loader``). Returns the
+    entropy before each step."""
     layers = _statistics_mode(segmenter)
     params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
     if not params:
@@ -81,7 +83,7 @@ def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3)
                 break
     for p, flag in zip(segmenter.parameters(), trainable):
         p.requires_grad_(flag)
-    adabn(segmenter, loader)
+    adabn(segmenter, statistics or loader)
     return entropies
 
 
@@ -104,7 +106,7 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
         steps: TENT: Adam steps on BatchNorm's affine parameters.
         lr: TENT: learning rate.
         batch_size: target images per batch (at least 2: BatchNorm needs a batch).
-        seed: the order of the target images.
+        seed: the order of TENT's target batches (an experiment stage passes the run's seed).
         device: torch device (cpu, cuda, ...).
         weights_only: read the checkpoint as tensors and plain values only (false: only for files you trust).
     """
@@ -117,15 +119,18 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
         raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
     segmenter, _ = load_segmenter(checkpoint, "--checkpoint", weights_only)
     dataset = open_dataset(kind, str(root), split, labels=False)
-    torch.manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
+    # TENT's steps: shuffled batches, a short last one dropped (BatchNorm trains on full batches); the statistics
+    # (AdaBN, and TENT's last pass) read every image once
+    steps_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
+                              generator=torch.Generator().manual_seed(seed))
+    every_image = DataLoader(dataset, batch_size=batch_size)
     segmenter = segmenter.to(device)
     record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
               "checkpoint": str(checkpoint), "output": str(output)}
     if method == "adabn":
-        adabn(segmenter, loader)
+        adabn(segmenter, every_image)
     else:
-        record.update(steps=steps, lr=lr, entropies=tent(segmenter, loader, steps, lr))
+        record.update(steps=steps, lr=lr, seed=seed, entropies=tent(segmenter, steps_loader, steps, lr, every_image))
     ckpt = load_checkpoint(checkpoint, "--checkpoint", weights_only)
     state = {f"segmenter.{k}": v.cpu() for k, v in segmenter.state_dict().items()}
     ckpt["state_dict"] = {**ckpt["state_dict"], **state}
