@@ -1,4 +1,5 @@
-"""Target hygiene of the CamVid benchmark: no stage trains on a dusk evaluation frame; test-time rows say so."""
+"""Target hygiene of the CamVid benchmark: no fit reads a dusk evaluation (test) frame, for training or for
+validation; no other stage adapts on one unless its row says "transductive"."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -30,9 +32,9 @@ def _dusk_names(dataset) -> set[str]:
     return set(dataset.names) if Path(dataset.root).resolve() == DUSK else set()
 
 
-def _trained_dusk_frames(config: dict) -> set[str]:
-    """The dusk frames a fit with this resolved config reads for training (images of the domains its task reads;
-    labelled ones too)."""
+def _fit_dusk_frames(config: dict) -> tuple[set[str], set[str]]:
+    """The dusk frames a fit with this resolved config reads: (for training: images of the domains its task reads,
+    labelled ones too; for validation: its validation split, whether or not its trainer validates)."""
     from adapt.data import DomainDataModule
 
     module, _, name = config["model"]["class_path"].rpartition(".")
@@ -40,6 +42,7 @@ def _trained_dusk_frames(config: dict) -> set[str]:
     data = config["data"]
     assert data["class_path"] == "adapt.data.DomainDataModule"
     datamodule = DomainDataModule(**data["init_args"])
+    datamodule.trainer = SimpleNamespace(limit_val_batches=config["trainer"].get("limit_val_batches"))
     datamodule.setup("fit")
     read = set()
     parts = [part for part, _ in getattr(datamodule.source, "parts", [(datamodule.source, None)])]
@@ -48,22 +51,22 @@ def _trained_dusk_frames(config: dict) -> set[str]:
             read |= _dusk_names(part)
     if "target" in domains:
         read |= _dusk_names(datamodule.target)
-    return read
+    return read, _dusk_names(datamodule.val)
 
 
-def test_no_stage_trains_on_an_evaluation_frame(capsys, monkeypatch):
+def test_no_stage_reads_an_evaluation_frame_but_final_evaluations(capsys, monkeypatch):
     from adapt.data.datasets import open_dataset
 
     monkeypatch.chdir(REPO)
     evaluation = set(open_dataset("folder", str(DUSK), "eval", labels=True).names)
     assert len(evaluation) == 31
-    trained_on_dusk = {}
+    trained_on_dusk, validated_on = {}, {}
     for stage in _stages():
         if "fit" in stage:
             args = [_placeholders(a) for a in stage.get("args", [])]
             code, out, err = adapt_main(capsys, "fit", "--config", stage["fit"], *args, "--print_config")
             assert code == 0, err[-2000:]
-            trained_on_dusk[stage["name"]] = _trained_dusk_frames(yaml.safe_load(out))
+            trained_on_dusk[stage["name"]], validated_on[stage["name"]] = _fit_dusk_frames(yaml.safe_load(out))
         elif "tta" in stage and stage["tta"].get("split") != "eval":  # (on eval frames: transductive rows)
             spec = stage["tta"]
             trained_on_dusk[stage["name"]] = _dusk_names(open_dataset(
@@ -74,19 +77,26 @@ def test_no_stage_trains_on_an_evaluation_frame(capsys, monkeypatch):
                 spec.get("target_kind", "folder"), spec["target"], spec.get("target_split"), labels=False))
     for name, frames in trained_on_dusk.items():
         assert not frames & evaluation, f"stage {name} trains on evaluation frames {sorted(frames & evaluation)[:3]}"
+    development = set(open_dataset("folder", str(DUSK), "labelled_train", labels=True).names)
+    for name, frames in validated_on.items():  # oracle, few-shot, joint reference: the split of a validation never run
+        assert frames == development, f"stage {name} validates on {sorted(frames - development)[:3]}"
     # the check saw the stages that do read dusk images: unlabelled (CycleGAN, FDA, self-training), labelled
     reading = {name for name, frames in trained_on_dusk.items() if frames}
     assert {"translator", "fda", "randomized_adabn", "source_only_adabn", "self_training", "daformer", "mic",
-            "few_shot", "oracle"} <= reading
+            "few_shot", "oracle", "joint_reference"} <= reading
     assert not {"source_only", "randomized"} & reading  # they read day frames only
 
 
-def test_test_time_rows_are_marked_transductive():
+def _camvid_table():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        camvid_table = importlib.import_module("camvid_table")
+        return importlib.import_module("camvid_table")
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_test_time_rows_are_marked_transductive():
+    camvid_table = _camvid_table()
     on_evaluation_frames = {s["name"] for s in _stages() if "tta" in s and s["tta"].get("split") == "eval"}
     assert on_evaluation_frames == {"adabn", "tent", "mic_adabn", "mic_tent"}
     for label, (evaluation, costs) in camvid_table.ROWS.items():
@@ -94,3 +104,31 @@ def test_test_time_rows_are_marked_transductive():
     stages = {s["name"] for s in _stages()}
     for evaluation, costs in camvid_table.ROWS.values():  # every row is a stage of the benchmark
         assert evaluation in stages and set(costs) <= stages
+
+
+def test_the_table_gives_intervals_both_gaps_and_paired_comparisons(tmp_path):
+    """Stage records written by hand: every frame of a stage has the same counts (IoU k/10 for both classes), so
+    each figure is known: mIoU 10 k, an interval of zero width, gaps and differences by arithmetic."""
+    import json
+
+    camvid_table, seeds = _camvid_table(), [3, 4, 5]
+    k = {"eval_source_only": 2, "eval_oracle": 6, "eval_joint_reference": 8, "eval_mic": 5, "eval_tent": 4}
+    for seed in seeds:
+        for label, (evaluation, costs) in camvid_table.ROWS.items():
+            hits = k.get(evaluation, 3)
+            per_image = {"names": [f"f{i}" for i in range(4)], "intersection": [[hits, hits]] * 4,
+                         "union": [[10, 10]] * 4, "pixels": [20] * 4, "correct": [2 * hits] * 4}
+            for name, record in [(evaluation, {"metrics": {"miou": 10.0 * hits, "per_image": per_image}}),
+                                 *((c, {"checkpoint": "x", "seconds": 60.0}) for c in costs)]:
+                (tmp_path / f"seed_{seed}" / name).mkdir(parents=True, exist_ok=True)
+                (tmp_path / f"seed_{seed}" / name / "stage.json").write_text(json.dumps(record))
+    lines = camvid_table.table(tmp_path, seeds).splitlines()
+    mic = next(line for line in lines if "masked image consistency" in line)
+    # mean 50.00 ± 0, interval [50, 50], gap closed: (50 - 20) / (60 - 20) = 75 %, (50 - 20) / (80 - 20) = 50 %
+    assert "50.00 ±  0.00" in mic and "[50.00, 50.00]" in mic and "75.0%" in mic and "50.0%" in mic, mic
+    assert mic.rstrip().endswith("50.00 50.00 50.00")
+    comparisons = camvid_table.comparisons(tmp_path, seeds)
+    mic_tent = next(line for line in comparisons.splitlines() if line.startswith("MIC - TENT"))
+    assert "+10.00" in mic_tent and "[+10.00, +10.00]" in mic_tent and "3 of 3" in mic_tent, mic_tent
+    start = next(line for line in comparisons.splitlines() if line.startswith("DACS-style - its start"))
+    assert "+0.00" in start and "0 of 3" in start and "interval holds 0" in start, start
