@@ -6,6 +6,7 @@
     adapt evaluate --checkpoint CKPT --root [A,B] ...           several sets, one comparison table
     adapt evaluate ... --class_subsets [synthia16,synthia13]    SYNTHIA -> Cityscapes: 16- and 13-class mIoU too
     adapt evaluate --predictions DIR --root DATASET [--kind K] [--id_type label|train]
+    adapt compare A|[A0,A1,..] B|[B0,B1,..] [--output F]        mIoUs, A - B (seeds paired), bootstrap intervals
     adapt translate --checkpoint T.ckpt --direction source-to-target --input_root DIR --output_root DIR
     adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
     adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation

@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser
 
 from adapt.data.check import check_dataset, format_report
 from adapt.data.synthetic import write_pair
+from adapt.workflows.compare import compare, format_comparison
 from adapt.workflows.evaluate import evaluate_command
 from adapt.workflows.export import export_onnx
 from adapt.workflows.fda import fda_checkpoint
@@ -40,6 +41,7 @@ def _check_report(report: dict) -> str:
 # verb -> (function, positional arguments, what to print of its result)
 VERBS: dict[str, tuple[Callable, bool, Callable[[Any], str | None]]] = {
     "evaluate": (evaluate_command, False, lambda result: None),
+    "compare": (compare, True, format_comparison),
     "translate": (translate_folder, False, lambda count: f"wrote {count} translated images"),
     "fda": (fda_checkpoint, False, lambda r: f"fda: beta {r['beta']}, {r['source_images']} source and "
                                              f"{r['target_images']} target references; wrote {r['output']}"),

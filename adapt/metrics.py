@@ -27,13 +27,29 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         pred: int [...] predicted train indices.
         target: int [...] label train indices; ``ignore_index`` pixels are skipped.
     """
+    return confusion_matrices(pred[None], target[None], num_classes, ignore_index)[0]
+
+
+def confusion_matrices(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """One confusion matrix per image: int64 [B, C, C]. pred, target: int [B, ...] (see ``confusion_matrix``)."""
     valid = target != ignore_index
     if valid.any() and (target[valid].max() >= num_classes or target[valid].min() < 0):
         raise ValueError(f"confusion_matrix: label values outside 0..{num_classes - 1} (and not {ignore_index})")
     if pred.numel() and (pred.max() >= num_classes or pred.min() < 0):
         raise ValueError(f"confusion_matrix: predictions outside 0..{num_classes - 1}; map them to classes first")
-    index = target[valid].long() * num_classes + pred[valid].long()
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+    image = torch.arange(pred.shape[0], device=pred.device).view(-1, *[1] * (pred.dim() - 1)).expand_as(pred)
+    index = (image[valid] * num_classes + target[valid].long()) * num_classes + pred[valid].long()
+    return torch.bincount(index, minlength=pred.shape[0] * num_classes**2).view(-1, num_classes, num_classes)
+
+
+def image_counts(matrices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image counts of per-image confusion matrices int [B, C, C] (``adapt.intervals`` reads them):
+    ``intersection`` (TP) and ``union`` (TP + FP + FN) int64 [B, C], labelled ``pixels`` and ``correct`` pixels
+    int64 [B]. Summed over images: the summed matrix's diagonal, row sum + column sum - diagonal, total and trace."""
+    tp = matrices.diagonal(dim1=1, dim2=2)
+    return {"intersection": tp, "union": matrices.sum(1) + matrices.sum(2) - tp, "pixels": matrices.sum((1, 2)),
+            "correct": tp.sum(1)}
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:

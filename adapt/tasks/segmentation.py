@@ -19,7 +19,9 @@ from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.errors import ConfigError
 from adapt.inference import make_protocol, predict
-from adapt.metrics import Calibration, ClassSubset, ConfusionMatrix, Validators, check_class_subsets, summarize
+from adapt.intervals import per_image_record
+from adapt.metrics import (Calibration, ClassSubset, ConfusionMatrix, Validators, check_class_subsets,
+                           confusion_matrices, image_counts, summarize)
 from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
 from adapt.plots import example_row, log_picture
@@ -93,7 +95,8 @@ class SegmentationTask(pl.LightningModule):
         self.val_calibration = Calibration(ignore_index=ignore_index)
         self.val_validators = Validators(len(class_names))  # label-free scores of the validation predictions
         self.test_calibration = Calibration(ignore_index=ignore_index)
-        self.test_results: dict = {}
+        self.test_results: dict = {}  # metrics of the last test run, with ``per_image`` counts (adapt.intervals)
+        self.test_images: list[dict] = []  # this test run's per-image counts, batch by batch
         self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
         self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.workflows.evaluate)
         self.examples: list[dict] = []
@@ -160,7 +163,7 @@ class SegmentationTask(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.on_validation_start()
-        self.examples = []
+        self.examples, self.test_images = [], []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1], any H, W -> logits float [B, C, H, W] under ``eval_protocol``."""
@@ -193,7 +196,8 @@ class SegmentationTask(pl.LightningModule):
         return total * world_size / n, sums[0] / n
 
     def _evaluate_step(self, batch: dict, cm: ConfusionMatrix, calibration: Calibration,
-                       keep: int = 0, validators: Validators | None = None) -> None:
+                       keep: int = 0, validators: Validators | None = None) -> torch.Tensor:
+        """Update the metrics with one batch; returns the predictions ``pred_t`` int64 [B, H, W]."""
         x_t, y_t = batch["image"], batch["mask"]
         x_ts = translate_padded(self.eval_translator, x_t) if self.eval_translator is not None else None
         logits_t = self(x_t if x_ts is None else x_ts)  # x_ts: target content, source style
@@ -205,6 +209,7 @@ class SegmentationTask(pl.LightningModule):
         calibration.update(confidence_t, pred_t, y_t)
         for i in range(min(keep, x_t.shape[0])):
             self.examples.append(_example(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
+        return pred_t
 
     def on_validation_epoch_start(self) -> None:
         self.examples = []
@@ -216,7 +221,9 @@ class SegmentationTask(pl.LightningModule):
                             validators=self.val_validators)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
+        pred_t = self._evaluate_step(batch, self.test_cm, self.test_calibration, self.num_examples - len(self.examples))
+        matrices = confusion_matrices(pred_t, batch["mask"], self.test_cm.num_classes, self.test_cm.ignore_index)
+        self.test_images.append({"names": batch["name"], **{k: v.cpu() for k, v in image_counts(matrices).items()}})
 
     def _log_metrics(self, stage: str, cm: ConfusionMatrix, calibration: Calibration) -> dict:
         matrix = cm.compute()
@@ -245,6 +252,12 @@ class SegmentationTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_metrics("test", self.test_cm, self.test_calibration)
+        batches, self.test_images = self.test_images, []
+        if self.trainer.world_size > 1:  # each process scored its own images: gather them all (not logged)
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, batches)
+            batches = [batch for part in parts for batch in part]
+        self.test_results["per_image"] = per_image_record(batches)
 
     def configure_optimizers(self):
         hp = self.hparams

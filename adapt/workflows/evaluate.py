@@ -2,7 +2,8 @@
 
 Under an explicit protocol (``adapt.inference.make_protocol``: full, resize or slide, written into every report),
 one confusion matrix and one set of calibration bins over the whole split give mIoU, per-class IoU, pixel accuracy
-and ECE; ``adapt.plots`` draws per_class_iou.png, confusion_matrix.png, reliability.png and examples.png.
+and ECE (per-image counts beside them let ``adapt compare`` put intervals on the mIoU); ``adapt.plots`` draws
+per_class_iou.png, confusion_matrix.png, reliability.png and examples.png.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
     Returns the metrics dict written to ``out/metrics.json``: ``miou``, ``per_class_iou`` (class -> percent or
     None), ``pixel_accuracy`` and ``ece`` (percent), ``calibration`` (bin edges, count, mean confidence and
     accuracy per bin), ``confusion_matrix`` (rows label, columns prediction), ``num_images``, ``protocol``,
-    ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``; with class subsets also their means and
-    ``class_subsets`` (see ``adapt.metrics.summarize``).
+    ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``, ``per_image`` (each image's name and per-class
+    intersection and union, labelled and correct pixels: ``adapt.intervals.per_image_record``, for bootstrap
+    intervals and ``adapt compare``); with class subsets also their means and ``class_subsets`` (see
+    ``adapt.metrics.summarize``).
     """
     task = _load(checkpoint, translator, protocol, [root], weights_only, class_subsets)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name

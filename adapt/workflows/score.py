@@ -26,7 +26,8 @@ from adapt.data.datasets import CITYSCAPES_KINDS, open_dataset
 from adapt.data.folder import read_label
 from adapt.data.labels import IGNORE_INDEX, ClassSet
 from adapt.errors import DataError
-from adapt.metrics import check_class_subsets, confusion_matrix, summarize
+from adapt.intervals import per_image_record
+from adapt.metrics import check_class_subsets, confusion_matrix, image_counts, summarize
 from adapt.report import per_class_table, write_json
 
 ID_TYPES = ("label", "train")
@@ -77,7 +78,8 @@ def score_predictions(predictions: str | Path, root: str | Path, kind: str = "fo
     Returns the metrics dict written to ``out/metrics.json`` (default: ``predictions/metrics.json``): ``miou``,
     ``per_class_iou`` (class -> percent or None), ``pixel_accuracy`` (percent), ``num_images``, ``protocol``
     (``{"mode": "predictions", "id_type": ...}``), ``predictions``, ``root``, ``kind``, ``split``; with
-    ``class_subsets`` (``[synthia16, synthia13]``) also those means (``adapt.metrics.summarize``).
+    ``class_subsets`` (``[synthia16, synthia13]``) also those means (``adapt.metrics.summarize``); ``per_image``: the
+    per-image counts of ``adapt.intervals.per_image_record`` (void predictions count in the union of the true class).
     """
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
@@ -88,17 +90,22 @@ def score_predictions(predictions: str | Path, root: str | Path, kind: str = "fo
     files = find_predictions(pred_dir, dataset.names, prefix=kind in ("cityscapes", "acdc", "darkzurich"))
     num_classes = dataset.classes.num_classes
     cm = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.long)
-    for label_file, pred_file in zip(dataset.label_files, files):
+    images = []  # per-image counts (adapt.intervals)
+    for name, label_file, pred_file in zip(dataset.names, dataset.label_files, files):
         target = dataset.read_mask(label_file)
         pred = pred_lut[read_label(pred_file)]
         if pred.shape != target.shape:
             raise DataError(f"{pred_file}: prediction is {pred.shape[1]}x{pred.shape[0]} but label {label_file.name} "
                             f"is {target.shape[1]}x{target.shape[0]}; write predictions at the label's resolution")
-        cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes + 1)
+        image_cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes + 1)
+        cm += image_cm
+        counts = image_counts(image_cm[None])  # void has no IoU of its own: keep the C classes' columns
+        images.append(dict(counts, names=[name], intersection=counts["intersection"][:, :num_classes],
+                           union=counts["union"][:, :num_classes]))
     split = getattr(dataset, "split", split)  # the split the dataset read (cityscapes, acdc...: val when None)
     metrics = dict(summarize(cm, list(dataset.classes.names), class_subsets), num_images=len(dataset),
                    protocol={"mode": "predictions", "id_type": id_type}, predictions=str(pred_dir),
-                   root=str(root), kind=kind, split=split)
+                   root=str(root), kind=kind, split=split, per_image=per_image_record(images))
     out = Path(out) if out is not None else pred_dir
     write_json(out / "metrics.json", metrics)
     if verbose:
