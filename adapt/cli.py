@@ -41,7 +41,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from adapt import commands
 from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoint, last_checkpoint_path, run_guard
 from adapt.commands import run_verb
-from adapt.errors import ConfigError, DataError, TrainingStopped
+from adapt.errors import ConfigError, DataError, StageFailed, TrainingStopped
 from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
 from adapt.recipe import check_recipe
 from adapt.workflows.experiment import demo_main, run_main
@@ -216,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"adapt: interrupted; resumable checkpoint: {where}; run the same command with --resume to continue"
               if where else "adapt: interrupted before training started; nothing to resume", file=sys.stderr)
         sys.exit(143)
+    except StageFailed as err:  # `adapt run`: a stage's process failed; exit with its own code, not a usage error's
+        if debug:
+            raise
+        print(f"adapt: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except ArgumentError as err:  # a verb's option jsonargparse cannot read
         if debug:
             raise

@@ -21,6 +21,7 @@ from adapt.workflows.export import export_onnx
 from adapt.workflows.fda import fda_checkpoint
 from adapt.workflows.gap import data_gap, format_gap
 from adapt.workflows.predict import predict_folder
+from adapt.workflows.stages import signature_parser
 from adapt.workflows.translate import translate_folder
 from adapt.workflows.tta import adapt_checkpoint
 
@@ -56,10 +57,7 @@ VERBS: dict[str, tuple[Callable, bool, Callable[[Any], str | None]]] = {
 
 def verb_parser(verb: str) -> ArgumentParser:
     function, positional, _ = VERBS[verb]
-    summary = (function.__doc__ or "").strip().split("\n\n")[0]
-    parser = ArgumentParser(prog=f"adapt {verb}", description=summary, exit_on_error=False)
-    parser.add_function_arguments(function, as_group=False, as_positional=positional)
-    return parser
+    return signature_parser(function, f"adapt {verb}", positional)
 
 
 def run_verb(verb: str, argv: list[str]) -> Any:

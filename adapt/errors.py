@@ -14,3 +14,12 @@ class DataError(ValueError):
 
 class TrainingStopped(RuntimeError):
     """A run stopped on purpose (a non-finite loss); the message says where and what is left."""
+
+
+class StageFailed(RuntimeError):
+    """A stage of ``adapt run`` failed; ``exit_code`` is its own (a fit process's exit status, 143 when
+    interrupted), and ``adapt run`` exits with it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -126,7 +126,7 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair, capsys):
     stamp = (out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns
     code, stdout, err = adapt_main(capsys, "run", str(experiment))
     assert code == 0, err[-3000:]
-    assert stdout.count("finished earlier, skipped") == 4
+    assert stdout.count(": reused: finished earlier with the same inputs") == 4
     assert stamp == ((out / "f" / "stage.json").stat().st_mtime_ns, (tmp_path / "out" / "f").stat().st_mtime_ns)
     assert json.loads((out / "summary.json").read_text()) == summary
     assert not list((out / "f" / "lightning_logs").glob("version_1"))  # F was not trained again

@@ -10,176 +10,197 @@ An experiment file::
       - name: translator
         fit: recipes/demo/translator.yaml
         args: ["--model.init_args.segmenter_checkpoint=${source_only}"]   # ${STAGE}: that stage's checkpoint
-      - name: translated_target           # an evaluate stage: a row of the summary
+      - name: translated_target           # an evaluate stage (`adapt evaluate`'s options): a row of the summary
         evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${out}/data/target",
-                   split: val}
-      - name: adabn                       # a tta stage (``adapt tta``): its checkpoint is OUT/NAME/adapted.ckpt
+                   split: val, protocol: slide, window: [512, 512], stride: [256, 256], examples: 4}
+      - name: adabn                       # a tta stage (`adapt tta`'s options): its checkpoint is OUT/NAME/adapted.ckpt
         tta: {checkpoint: "${source_only}", root: "${out}/data/target", split: val, method: adabn}
-      - name: fda                         # an fda stage (``adapt fda``): its translator is OUT/NAME/fda.ckpt,
+      - name: fda                         # an fda stage (`adapt fda`'s options): its translator is OUT/NAME/fda.ckpt,
         fda: {source: "${out}/data/source", target: "${out}/data/target", beta: 0.01}   # usable as ${fda}
 
-Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a process of its own, so ``--trainer.devices=N``
-works as for ``adapt fit``; its checkpoint is ``OUT/NAME/checkpoints/last.ckpt``) and, once finished,
-``OUT/NAME/stage.json`` (with the stage's wall time in seconds); a re-run skips stages that have it. The run ends
-with ``OUT/summary.json`` (evaluate stage name -> its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every
-fit stage (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed
-(``OUT/seed_N``) and reports every metric as mean ± sample std with the per-seed values.
+An evaluate, tta or fda stage takes the options of its verb, with their names, types and defaults (the runner sets
+the output, and the run's seed for tta and fda). Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a
+process of its own, so ``--trainer.devices=N`` works as for ``adapt fit``; its checkpoint is
+``OUT/NAME/checkpoints/last.ckpt``, its console output is also kept in ``OUT/NAME/stage.log``) and, once finished,
+``OUT/NAME/stage.json``: its wall time in seconds and a fingerprint of all its result depends on
+(``adapt.workflows.stages``). A later run reuses a finished stage only when that fingerprint is the same and its
+output file is unchanged; otherwise the stage, and so every stage that reads it, runs again, saying why, once its
+old folder is moved to ``OUT/.stale/`` (nothing is deleted). ``--dry-run`` prints that plan and does nothing else.
+A failed fit ends the run with the fit's exit code. The run ends with ``OUT/summary.json`` (evaluate stage name ->
+its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every fit stage
+(e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed (``OUT/seed_N``; each
+fit, tta and fda stage gets that seed) and reports every metric as mean ± sample std with the per-seed values.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
-import re
+import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, DataError, StageFailed
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
-from adapt.workflows.evaluate import evaluate
-from adapt.workflows.fda import fda_checkpoint
-from adapt.workflows.tta import adapt_checkpoint
-
-STAGE_KEYS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"},
-              "fda": {"name", "fda"}}
-# the workflow each kind of stage calls, and the arguments the stage itself fills in (not the experiment file):
-# a stage's keys are the other arguments of that function, with the function's own defaults
-WORKFLOWS = {"evaluate": (evaluate, {"out", "verbose"}), "tta": (adapt_checkpoint, {"output", "seed"}),
-             "fda": (fda_checkpoint, {"output", "seed"})}  # TENT's batches, FDA's references: the run's seed
+from adapt.workflows.fingerprints import (Decision, FileHashes, adapt_identity, decide, digest, fingerprint_parts,
+                                          git_commit, move_aside, read_record)
+from adapt.workflows.stages import OUTPUTS, WORKFLOWS, check_experiment, check_spec, references, stage_kind, substitute
 
 
-def stage_keys(kind: str) -> tuple[set[str], set[str]]:
-    """(every key, the required keys) of an evaluate, tta or fda stage, read from its workflow's signature."""
-    function, filled = WORKFLOWS[kind]
-    params = {n: p for n, p in inspect.signature(function).parameters.items() if n not in filled}
-    return set(params), {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+def run_logged(command: list[str], log: Path) -> int:
+    """Run ``command``, its stdout and stderr merged, shown here line by line and appended to ``log``. A SIGTERM
+    to this process is passed on to it, and Ctrl-C is left to it (it finishes its step and writes a resumable
+    checkpoint), so that stopping ``adapt run`` never kills a fit mid-write. Returns its exit code (128 + N when
+    signal N killed it)."""
+    with open(log, "ab") as sink:
+        sink.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n".encode())
+        sink.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))  # its lines as they come
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
+                    # a terminal's Ctrl-C reaches the fit itself (same process group): only keep this one reading
+                    signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: None)}
+        try:
+            for line in iter(process.stdout.readline, b""):
+                sink.write(line)
+                sink.flush()
+                sys.stdout.write(line.decode(errors="replace"))
+                sys.stdout.flush()
+            code = process.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            process.stdout.close()
+    return 128 - code if code < 0 else code
 
 
-def _substitute(value: str, names: dict[str, str], where: str) -> str:
-    def replace(match: re.Match) -> str:
-        key = match.group(1)
-        if key not in names:
-            raise ConfigError(f"{where}: ${{{key}}} names no earlier stage (known: {', '.join(sorted(names))})")
-        return names[key]
-
-    return re.sub(r"\$\{([^}]+)\}", replace, value)
-
-
-def check_experiment(doc: dict, path: Path) -> list[dict]:
-    """The stages of an experiment file, checked: known keys, unique names, recipes that exist."""
-    unknown = set(doc) - {"out", "stages"}
-    if unknown or not isinstance(doc.get("stages"), list) or not doc["stages"]:
-        raise ConfigError(f"{path}: an experiment has 'out' and a non-empty 'stages' list"
-                          f"{f' (unknown keys: {sorted(unknown)})' if unknown else ''}")
-    seen = set()
-    for i, stage in enumerate(doc["stages"]):
-        kind = next((k for k in STAGE_KEYS if isinstance(stage, dict) and k in stage), None)
-        if kind is None or "name" not in stage:
-            raise ConfigError(f"{path}: stage {i + 1} needs a 'name' and one of 'fit', 'evaluate', 'tta' or 'fda'")
-        name = str(stage["name"])
-        if set(stage) - STAGE_KEYS[kind]:
-            raise ConfigError(f"{path}: stage {name!r}: unknown keys {sorted(set(stage) - STAGE_KEYS[kind])}")
-        if name in seen or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(f"{path}: stage name {name!r} must be unique and made of letters, digits, _ . -")
-        seen.add(name)
-        if kind == "fit" and not Path(stage["fit"]).is_file():
-            raise ConfigError(f"{path}: stage {name!r}: recipe {stage['fit']} not found (paths are relative to "
-                              "the folder you run from)")
-        if kind in WORKFLOWS:
-            spec = stage[kind] if isinstance(stage[kind], dict) else {}
-            keys, required = stage_keys(kind)
-            if set(spec) - keys or required - set(spec):
-                raise ConfigError(f"{path}: stage {name!r}: {kind} takes {', '.join(sorted(required))} and "
-                                  f"optionally {', '.join(sorted(keys - required))}"
-                                  f"{f' (unknown: {sorted(set(spec) - keys)})' if set(spec) - keys else ''}")
-    return doc["stages"]
-
-
-def _run_forwarding_signals(command: list[str]) -> int:
-    """Run ``command``; a SIGTERM to this process is passed on to it, and Ctrl-C is left to it (it finishes its
-    step and writes a resumable checkpoint), so that stopping ``adapt run`` never kills a fit mid-write."""
-    process = subprocess.Popen(command)
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
-                # a terminal's Ctrl-C reaches the fit itself (same process group): only keep this process waiting
-                signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: None)}
-    try:
-        return process.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _fit(stage: dict, stage_dir: Path, names: dict, where: str, extra: list[str] | None) -> dict:
-    print(f"== {stage['name']}: fit {stage['fit']}", flush=True)
-    args = [_substitute(str(a), names, where) for a in stage.get("args", [])]
+def _fit(written: dict, stage_dir: Path, extra: list[str], where: str, resume: bool) -> dict:
     # its own process: under DDP Lightning re-launches that command (not `adapt run`) for every rank
-    checkpoint = stage_dir / "checkpoints" / "last.ckpt"
-    resume = ["--resume"] if checkpoint.is_file() else []  # an earlier run of this stage stopped before the end
-    if resume:
-        print(f"   continuing the unfinished fit of {checkpoint}", flush=True)
-    command = [sys.executable, "-m", "adapt.cli", "fit", "--config", stage["fit"],
-               f"--trainer.default_root_dir={stage_dir}", f"--checkpoint.dirpath={stage_dir / 'checkpoints'}",
-               *args, *(extra or []), *resume]
-    code = _run_forwarding_signals(command)
+    checkpoint, log = stage_dir / "checkpoints" / "last.ckpt", stage_dir / "stage.log"
+    resume = resume and checkpoint.is_file()  # an earlier run with the same inputs stopped before the end
+    command = ["fit", "--config", written["fit"], f"--trainer.default_root_dir={stage_dir}",
+               f"--checkpoint.dirpath={stage_dir / 'checkpoints'}", *written["args"], *extra,
+               *(["--resume"] if resume else [])]
+    print(f"   adapt {shlex.join(command)}   (log: {log})", flush=True)
+    code = run_logged([sys.executable, "-m", "adapt.cli", *command], log)
     if code == 143:
-        raise ConfigError(f"{where}: interrupted; its resumable checkpoint is {checkpoint}; run the same command "
-                          "again to continue it (finished stages are kept)")
+        kept = f"its resumable checkpoint is {checkpoint}" if checkpoint.is_file() else "it wrote no checkpoint"
+        raise StageFailed(f"{where}: interrupted (exit code 143; its log: {log}); {kept}; run the same command "
+                          "again to continue it (finished stages are kept)", 143)
     if code != 0:
-        raise ConfigError(f"{where}: the fit failed (exit code {code}, its message is above); finished "
-                          "stages are kept: fix the cause and run the same command again")
+        raise StageFailed(f"{where}: the fit failed with exit code {code}; its log: {log}; finished stages are "
+                          "kept: fix the cause and run the same command again", code)
     if not checkpoint.is_file():
         raise ConfigError(f"{where}: the fit wrote no {checkpoint}; keep checkpoint.save_last: true")
     return {"checkpoint": str(checkpoint)}
 
 
-def _workflow(kind: str, spec: dict, stage_dir: Path, name: str, seed: int) -> dict:
-    """Run an evaluate, tta or fda stage: its workflow with the stage's keys (defaults: the function's own)."""
-    print(f"== {name}: {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
-    if kind == "evaluate":
-        return {"metrics": evaluate(**spec, out=stage_dir)}
-    output = stage_dir / ("adapted.ckpt" if kind == "tta" else "fda.ckpt")
-    if not output.is_file():  # written atomically: present means complete (the stage stopped before stage.json)
-        function, filled = WORKFLOWS[kind]
-        function(**spec, output=output, **({"seed": seed} if "seed" in filled else {}))
+def _workflow(kind: str, spec: dict, stage_dir: Path, output: Path, seed: int, where: str, resume: bool) -> dict:
+    """An evaluate, tta or fda stage: its verb's function with the stage's keys (defaults: the function's own)."""
+    checked = check_spec(kind, spec, where)
+    print(f"   {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
+    try:
+        if kind == "evaluate":
+            return {"metrics": WORKFLOWS[kind][0](**checked, out=str(stage_dir))}  # one root: its metrics
+        if not (resume and output.is_file()):  # written atomically: present means complete
+            WORKFLOWS[kind][0](**checked, output=str(output), seed=seed)
+    except (ConfigError, DataError) as err:
+        raise (ConfigError if isinstance(err, ConfigError) else DataError)(f"{where}: {err}") from None
     return {"checkpoint": str(output)}
 
 
-def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None) -> dict:
-    """Run (or finish) an experiment; returns the summary (evaluate stage name -> metrics)."""
+class Runner:
+    """One run of an experiment's stages into ``out`` (``dry_run``: only say what would run and why)."""
+
+    def __init__(self, path: Path, out: Path, extra: list[str], dry_run: bool = False) -> None:
+        self.path, self.out, self.extra, self.dry_run = path, out, extra, dry_run
+        self.seed = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("--seed_everything=")), 0)
+        self.hashes, self.identity = FileHashes(), adapt_identity()
+        self.commit = None if dry_run else git_commit()
+        self.names = {"out": str(out)}  # ${NAME} -> a stage's checkpoint
+        self.records: dict[str, dict] = {}  # stage -> its fingerprint and output's sha256
+        self.ran: set[str] = set()  # stages that ran (would run) in this run
+
+    def stage(self, stage: dict) -> dict | None:
+        """Reuse, run or (dry run) plan one stage; returns its stage.json record (None for a dry run's "run")."""
+        name, kind = stage["name"], stage_kind(stage)
+        where, stage_dir = f"{self.path}: stage {name!r}", self.out / name
+        output = stage_dir / OUTPUTS[kind]
+        raw = {"fit": stage["fit"], "args": [str(a) for a in stage.get("args", [])]} if kind == "fit" else \
+            {kind: stage[kind]}
+        written, upstream = substitute(raw, self.names, where), [n for n in references(raw) if n != "out"]
+        if kind != "evaluate":
+            self.names[name] = str(output)
+        parts = None
+        if self.dry_run and any(n in self.ran for n in upstream):
+            decision = Decision("run", f"upstream stage {next(n for n in upstream if n in self.ran)!r} runs")
+        else:
+            parts = fingerprint_parts(kind, written, self.extra if kind == "fit" else [], self.seed,
+                                      {n: self.records[n] for n in upstream}, self.identity, self.hashes)
+            decision = decide(stage_dir, output, parts, [n for n in upstream if n in self.ran], self.hashes)
+        if decision.action == "reuse":
+            record = read_record(stage_dir / "stage.json")
+            print(f"{'  ' if self.dry_run else '== '}{name}: {'reuse' if self.dry_run else 'reused'}: "
+                  f"{decision.reason} ({stage_dir / 'stage.json'})", flush=True)
+        elif self.dry_run:
+            then = "; it would continue in place" if decision.action == "continue" else \
+                f"; its folder would move to {self.out / '.stale'}" if decision.stale else ""
+            print(f"  {name}: run: {decision.reason}{then}", flush=True)
+        else:
+            if decision.stale:
+                moved = move_aside(stage_dir, decision.stale)
+                print(f"== {name}: runs again: {decision.reason}; the earlier run is kept in {moved}", flush=True)
+            else:
+                print(f"== {name}: {'continues' if decision.action == 'continue' else 'runs'}: {decision.reason}",
+                      flush=True)
+            record = self.execute(kind, written, stage_dir, output, parts, where, decision.action == "continue")
+        if decision.action != "reuse":
+            self.ran.add(name)
+            if self.dry_run:
+                return None
+        self.records[name] = {"fingerprint": record["fingerprint"], "output": record["output"]["sha256"]}
+        return record
+
+    def execute(self, kind: str, written: dict, stage_dir: Path, output: Path, parts: dict, where: str,
+                resume: bool) -> dict:
+        """Run a stage (started.json first, stage.json once finished); returns its record."""
+        fingerprint = digest(parts)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json(stage_dir / "started.json", {"fingerprint": fingerprint, "parts": parts, "git_commit": self.commit})
+        start = time.perf_counter()
+        result = (_fit(written, stage_dir, self.extra, where, resume) if kind == "fit" else
+                  _workflow(kind, written[kind], stage_dir, output, self.seed, where, resume))
+        record = {**result, "seconds": round(time.perf_counter() - start, 1),
+                  "output": {"path": str(output), "sha256": self.hashes(output)}, "fingerprint": fingerprint,
+                  "parts": parts, "git_commit": self.commit}  # the commit: for information, not in the fingerprint
+        write_json(stage_dir / "stage.json", record)
+        return record
+
+
+def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None,
+                   dry_run: bool = False) -> dict:
+    """Run (or finish) an experiment; returns the summary (evaluate stage name -> metrics). ``dry_run``: print
+    which stages would be reused or run and why, change nothing; returns {stage: "reuse" or "run"}."""
     path = Path(path)
     doc = load_yaml(path)
     stages = check_experiment(doc, path)
     out = Path(out or doc.get("out") or Path("runs") / path.stem)
-    names: dict[str, str] = {"out": str(out)}
+    runner = Runner(path, out, [str(a) for a in extra or []], dry_run)
+    if dry_run:
+        print(f"== plan of {path} in {out} (a dry run: nothing runs, nothing moves)", flush=True)
     summary: dict[str, dict] = {}
     for stage in stages:
-        name = stage["name"]
-        stage_dir, marker = out / name, out / name / "stage.json"
-        where = f"{path}: stage {name!r}"
-        if marker.is_file():
-            record = json.loads(marker.read_text())
-            print(f"== {name}: finished earlier, skipped ({marker})", flush=True)
-        else:
-            start = time.perf_counter()
-            if "fit" in stage:
-                record = _fit(stage, stage_dir, names, where, extra)
-            else:
-                kind = next(k for k in WORKFLOWS if k in stage)
-                spec = {k: _substitute(str(v), names, where) if isinstance(v, str) else v
-                        for k, v in stage[kind].items()}
-                seed = next((int(a.split("=", 1)[1]) for a in extra or [] if a.startswith("--seed_everything=")), 0)
-                record = _workflow(kind, spec, stage_dir, name, seed)
-            record["seconds"] = round(time.perf_counter() - start, 1)
-            write_json(marker, record)
-        if "checkpoint" in record:
-            names[name] = record["checkpoint"]
-        if "metrics" in record:
-            summary[name] = record["metrics"]
+        record = runner.stage(stage)
+        if dry_run:
+            summary[stage["name"]] = "run" if stage["name"] in runner.ran else "reuse"
+        elif "metrics" in record:
+            summary[stage["name"]] = record["metrics"]
+    if dry_run:
+        return summary
     write_json(out / "summary.json", summary)
     print("\n== summary (mIoU and pixel accuracy, %)")
     print(comparison_table({n: {"mIoU": m["miou"], "pixel acc.": m["pixel_accuracy"]} for n, m in summary.items()}))
@@ -187,10 +208,11 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
     return summary
 
 
-def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None,
-              extra: list[str] | None = None) -> dict:
-    """The experiment once per seed (``OUT/seed_N``, each fit stage with ``--seed_everything=N``), then
-    ``OUT/summary.json``: stage -> metric -> mean, sample std and per-seed values (``adapt.report.aggregate_seeds``)."""
+def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None, extra: list[str] | None = None,
+              dry_run: bool = False) -> dict:
+    """The experiment once per seed (``OUT/seed_N``, each fit stage with ``--seed_everything=N``, tta and fda
+    stages with that seed), then ``OUT/summary.json``: stage -> metric -> mean, sample std and per-seed values
+    (``adapt.report.aggregate_seeds``). ``dry_run``: each seed's plan only ({seed: plan})."""
     path = Path(path)
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds: {seeds}; give distinct non-negative integers")
@@ -198,7 +220,10 @@ def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None,
     per_seed = {}
     for seed in seeds:
         print(f"==== seed {seed}", flush=True)
-        per_seed[seed] = run_experiment(path, out / f"seed_{seed}", [*(extra or []), f"--seed_everything={seed}"])
+        per_seed[seed] = run_experiment(path, out / f"seed_{seed}", [*(extra or []), f"--seed_everything={seed}"],
+                                        dry_run)
+    if dry_run:
+        return per_seed
     summary = aggregate_seeds(per_seed)
     write_json(out / "summary.json", {"seeds": seeds, "stages": summary})
     print(f"\n== summary over seeds {', '.join(map(str, seeds))} (mean ± sample std, %)")
@@ -220,6 +245,8 @@ def run_main(argv: list[str]) -> dict:
                         help="folder for everything the experiment writes (default: the file's 'out')")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                         help="run the experiment once per seed (OUT/seed_N) and report mean ± std over seeds")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print which stages would be reused and which would run, and why; change nothing")
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith("--")]
     if bad:
@@ -227,8 +254,8 @@ def run_main(argv: list[str]) -> dict:
     if args.seeds is not None:
         if any(a.startswith("--seed_everything") for a in extra):
             raise ConfigError("adapt run: give either --seeds or --seed_everything, not both")
-        return run_seeds(args.experiment, args.seeds, args.out, extra)
-    return run_experiment(args.experiment, args.out, extra)
+        return run_seeds(args.experiment, args.seeds, args.out, extra, args.dry_run)
+    return run_experiment(args.experiment, args.out, extra, args.dry_run)
 
 
 def demo_main(argv: list[str]) -> dict:
