@@ -76,9 +76,12 @@ def stage(out: Path, seed: int, name: str) -> dict | None:
 
 
 def runs(out: Path, seeds: list[int], name: str) -> list[dict] | None:
-    """The metrics (with per-image counts) of an evaluate stage, one per seed; None unless every seed has them."""
-    found = [s["metrics"] for seed in seeds if (s := stage(out, seed, name)) and "per_image" in s["metrics"]]
-    return found if len(found) == len(seeds) else None
+    """The metrics.json (with per-image counts) of an evaluate stage, one per seed, as ``adapt run`` checked them
+    against their stage.json's hash; None unless every seed finished the stage."""
+    paths = [out / f"seed_{seed}" / name / "metrics.json" for seed in seeds]
+    if not all(path.is_file() and stage(out, seed, name) for seed, path in zip(seeds, paths)):
+        return None
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def gap(mean: float | None, source: float | None, reference: float | None) -> str:
@@ -91,11 +94,11 @@ def table(out: Path, seeds: list[int]) -> str:
     """The table of methods, from ``out/seed_N/*/stage.json``."""
     rows, means = [], {}
     for label, (evaluation, costs) in ROWS.items():
-        values = [s["metrics"]["miou"] for seed in seeds if (s := stage(out, seed, evaluation))]
+        found = runs(out, seeds, evaluation)  # every seed, or the row stays empty
+        values = [m["miou"] for m in found or []]
         seconds = [sum(stage(out, seed, c)["seconds"] for c in costs) for seed in seeds
                    if all(stage(out, seed, c) and "seconds" in stage(out, seed, c) for c in costs)]
         means[evaluation] = statistics.mean(values) if values else None
-        found = runs(out, seeds, evaluation)
         interval = f"[{(m := miou_summary(found))['low']:5.2f}, {m['high']:5.2f}]" if found else "-"
         spread = f" ± {statistics.stdev(values):5.2f}" if len(values) > 1 else ""
         rows.append((label, evaluation, values, spread, interval, statistics.mean(seconds) / 60 if seconds else None))

@@ -327,3 +327,43 @@ def test_file_hashes_read_a_file_once_per_version_and_the_source_digest(tmp_path
     (package / "sub" / "b.py").rename(package / "sub" / "c.py")
     assert fingerprints.source_digest(package) != digest  # paths count too
     assert fingerprints.adapt_identity()["version"] == adapt.__version__
+
+
+def test_files_named_by_path_and_library_versions_are_in_the_fingerprint(tmp_path, tiny_pair, segmenter_ckpt,
+                                                                          capsys, monkeypatch):
+    """A checkpoint given by path, a dataset's split list and the libraries' versions: each change re-runs."""
+    monkeypatch.chdir(tmp_path)
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny_pair, pair)
+    shutil.copy(segmenter_ckpt, tmp_path / "f.ckpt")
+    write_experiment(tmp_path, [{"name": "ev", "evaluate": {"checkpoint": "f.ckpt", "root": "pair/target",
+                                                            "split": "val", "plots": False}}])
+
+    def run(*args):
+        code, stdout, err = adapt_main(capsys, "run", "e.yaml", *args)
+        assert code == 0, err[-3000:]
+        return stdout
+
+    assert lines(run(), "== ev: runs: no record of a finished run")
+    assert lines(run(), "== ev: reused: ")
+    ckpt = torch.load("f.ckpt", weights_only=True)
+    weight = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][weight] = ckpt["state_dict"][weight] + 0.5  # F retrained by hand, same path
+    torch.save(ckpt, "f.ckpt")
+    assert lines(run(), "== ev: runs again: file f.ckpt changed;")
+    split = pair / "target" / "splits" / "val.txt"
+    split.write_text("\n".join(split.read_text().split()[:-1]) + "\n")  # one frame fewer to score
+    stdout = run()
+    assert lines(stdout, f"== ev: runs again: file {Path('pair/target/splits/val.txt')} changed;")
+    assert json.loads((tmp_path / "out" / "ev" / "metrics.json").read_text())["num_images"] == len(
+        split.read_text().split())
+    identity = {"version": adapt.__version__, "source": "test", "libraries": {"torch": "0.0"}}
+    monkeypatch.setattr(experiment, "adapt_identity", lambda: identity)
+    assert lines(run("--dry-run"), "  ev: run: library versions changed (torch None -> 0.0)")
+
+
+def test_a_seed_that_is_not_fixed_is_refused(tmp_path, tiny_pair, segmenter_ckpt, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fda_experiment(tmp_path, tiny_pair, segmenter_ckpt)
+    code, _, err = adapt_main(capsys, "run", "e.yaml", "--seed_everything=true")
+    assert code == 2 and "--seed_everything=true: an experiment needs a fixed seed" in err

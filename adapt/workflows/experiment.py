@@ -23,7 +23,7 @@ the output, and the run's seed for tta and fda). Each stage writes ``OUT/NAME/``
 process of its own, so ``--trainer.devices=N`` works as for ``adapt fit``; its checkpoint is
 ``OUT/NAME/checkpoints/last.ckpt``, its console output is also kept in ``OUT/NAME/stage.log``) and, once finished,
 ``OUT/NAME/stage.json``: its wall time in seconds and a fingerprint of all its result depends on
-(``adapt.workflows.stages``). A later run reuses a finished stage only when that fingerprint is the same and its
+(``adapt.workflows.fingerprints``). A later run reuses a finished stage only when that fingerprint is the same and its
 output file is unchanged; otherwise the stage, and so every stage that reads it, runs again, saying why, once its
 old folder is moved to ``OUT/.stale/`` (nothing is deleted). ``--dry-run`` prints that plan and does nothing else.
 A failed fit ends the run with the fit's exit code. The run ends with ``OUT/summary.json`` (evaluate stage name ->
@@ -118,7 +118,11 @@ class Runner:
 
     def __init__(self, path: Path, out: Path, extra: list[str], dry_run: bool = False) -> None:
         self.path, self.out, self.extra, self.dry_run = path, out, extra, dry_run
-        self.seed = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("--seed_everything=")), 0)
+        seeds = [a.split("=", 1)[1] for a in extra if a.startswith("--seed_everything=")]
+        if seeds and not seeds[-1].isdigit():
+            raise ConfigError(f"--seed_everything={seeds[-1]}: an experiment needs a fixed seed (a non-negative "
+                              "integer) to be reproduced and reused; give one, or --seeds N ...")
+        self.seed = int(seeds[-1]) if seeds else 0
         self.hashes, self.identity = FileHashes(), adapt_identity()
         self.commit = None if dry_run else git_commit()
         self.names = {"out": str(out)}  # ${NAME} -> a stage's checkpoint
@@ -140,10 +144,13 @@ class Runner:
             decision = Decision("run", f"upstream stage {next(n for n in upstream if n in self.ran)!r} runs")
         else:
             parts = fingerprint_parts(kind, written, self.extra if kind == "fit" else [], self.seed,
-                                      {n: self.records[n] for n in upstream}, self.identity, self.hashes)
+                                      {n: self.records[n] for n in upstream}, self.identity, self.hashes,
+                                      set(self.names.values()))
             decision = decide(stage_dir, output, parts, [n for n in upstream if n in self.ran], self.hashes)
         if decision.action == "reuse":
             record = read_record(stage_dir / "stage.json")
+            if kind == "evaluate":  # the numbers of the file whose hash was just checked, not stage.json's copy
+                record["metrics"] = read_record(output)
             print(f"{'  ' if self.dry_run else '== '}{name}: {'reuse' if self.dry_run else 'reused'}: "
                   f"{decision.reason} ({stage_dir / 'stage.json'})", flush=True)
         elif self.dry_run:

@@ -7,9 +7,11 @@ JSON of its ``parts``, kept in stage.json too so that a later run can say which 
 
 - ``stage``: the stage as written, after ``${...}`` substitution (its kind with its keys, or a fit's recipe and args);
 - ``recipes``: the sha256 of each recipe file a fit stage reads (``fit:`` and every ``--config`` of its arguments);
+- ``files``: the sha256 of every other file the stage, its arguments or its recipes name by path (a checkpoint, an
+  ``init_from``), and of the class and split lists of every dataset folder they name;
 - ``arguments``: the command line's extra arguments (fit stages: the seed is one) and the run's seed (tta, fda);
 - ``upstream``: for each stage named with ``${NAME}``, its fingerprint and its output's sha256;
-- ``adapt``: the package version and a sha256 of its source files.
+- ``adapt``: the package version, a sha256 of its source files and the versions of the libraries that shape results.
 
 A stage writes ``OUT/NAME/started.json`` (the same fingerprint and parts) when it starts, so that an unfinished
 stage is continued only with the inputs it started with. Nothing is deleted: a stage that runs again first moves
@@ -22,8 +24,11 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import adapt
 
@@ -62,11 +67,23 @@ def source_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+# the libraries whose versions can change a result (numerics, nets, augmentation and its RNG, image decoding)
+LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch", "timm", "albumentations",
+             "numpy", "opencv-python-headless", "Pillow")
+
+
 def adapt_identity() -> dict:
-    """adapt's part of every fingerprint: the package version and the digest of its source files. The git commit
-    is recorded beside the fingerprint (``git_commit``), never in it: a commit that only changes documentation (or
-    other packages' files) must not make finished results stale."""
-    return {"version": adapt.__version__, "source": source_digest(Path(adapt.__file__).parent)}
+    """adapt's part of every fingerprint: the package version, the digest of its source files and the versions of
+    the libraries that shape a result. The git commit is recorded beside the fingerprint (``git_commit``), never in
+    it: a commit that only changes documentation (or other packages' files) must not make finished results stale."""
+    libraries = {}
+    for name in LIBRARIES:
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            libraries[name] = None
+    return {"version": adapt.__version__, "source": source_digest(Path(adapt.__file__).parent),
+            "libraries": libraries}
 
 
 def git_commit() -> str | None:
@@ -90,14 +107,51 @@ def config_files(args: list[str]) -> list[str]:
             if a.startswith("--config=") or (a == "--config" and i + 1 < len(args))]
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string in ``value`` (mappings, lists); of a ``--key=value`` argument, its value."""
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return [value.split("=", 1)[1] if value.startswith("--") and "=" in value else value] \
+        if isinstance(value, str) else []
+
+
+def named_files(values: list[str], produced: set[str], hashes: FileHashes) -> dict[str, str]:
+    """sha256 of the files the strings ``values`` name: an existing file itself (a checkpoint given by path, an
+    ``init_from``); for an existing folder (a dataset root), its class list and split lists (``classes.yaml``,
+    ``splits/*.txt``: which frames a stage reads). ``produced``: the experiment's own outputs, which the upstream
+    part covers. Images themselves are not read: replace a dataset's files and the stage is not re-run."""
+    files = {}
+    for value in dict.fromkeys(values):
+        if not value or len(value) > 4096 or "\n" in value or value in produced:
+            continue
+        path = Path(value)
+        try:
+            named = [path] if path.is_file() else [path / "classes.yaml", *sorted((path / "splits").glob("*.txt"))] \
+                if path.is_dir() else []
+        except OSError:
+            continue
+        files.update({str(f): sha for f in named if (sha := hashes(f))})
+    return files
+
+
 def fingerprint_parts(kind: str, written: dict, extra: list[str], seed: int, upstream: dict[str, dict],
-                      identity: dict, hashes: FileHashes) -> dict:
+                      identity: dict, hashes: FileHashes, produced: set[str] = frozenset()) -> dict:
     """What determines a stage's result (see the module's docstring); ``written``: the stage after substitution
-    (without its name), ``upstream``: referenced stage -> {fingerprint, output}."""
-    files = [written["fit"], *config_files(written.get("args", [])), *config_files(extra)] if kind == "fit" else []
+    (without its name), ``upstream``: referenced stage -> {fingerprint, output}, ``produced``: the paths of the
+    experiment's stage outputs (left to the upstream part)."""
+    recipes = [written["fit"], *config_files(written.get("args", [])), *config_files(extra)] if kind == "fit" else []
+    values = _strings(written) + _strings(list(extra))
+    for recipe in recipes:  # the paths a recipe names (data roots, a segmenter_checkpoint, an init_from)
+        try:
+            values += _strings(yaml.safe_load(Path(recipe).read_text()))
+        except (OSError, yaml.YAMLError):
+            pass  # a missing or broken recipe: its hash says "missing", the fit says why
     # a fit's seed is in its arguments (--seed_everything) or its recipe; tta and fda stages are given the run's
     arguments = {"extra": list(extra)} if kind == "fit" else {"seed": seed} if kind != "evaluate" else {}
-    return {"stage": written, "recipes": {f: hashes(f) or "missing" for f in files}, "arguments": arguments,
+    return {"stage": written, "recipes": {f: hashes(f) or "missing" for f in recipes},
+            "files": named_files([v for v in values if v not in recipes], produced, hashes), "arguments": arguments,
             "upstream": upstream, "adapt": identity}
 
 
@@ -119,10 +173,16 @@ def changes(old: dict, new: dict, ran: list[str]) -> list[str]:
     """Why the parts ``old`` (recorded) and ``new`` (now) differ, part by part; ``ran``: upstream stages that ran
     again in this run."""
     reasons = []
-    if old.get("adapt") != new["adapt"]:
-        version = (old.get("adapt") or {}).get("version")
-        reasons.append("adapt's code changed" if version == new["adapt"]["version"] else
-                       f"adapt's version changed ({version} -> {new['adapt']['version']})")
+    before = old.get("adapt") or {}
+    if before.get("version") != new["adapt"]["version"]:
+        reasons.append(f"adapt's version changed ({before.get('version')} -> {new['adapt']['version']})")
+    elif before.get("source") != new["adapt"]["source"]:
+        reasons.append("adapt's code changed")
+    libraries = before.get("libraries") or {}
+    moved = [f"{n} {libraries.get(n)} -> {v}" for n, v in new["adapt"].get("libraries", {}).items()
+             if libraries.get(n) != v]
+    if moved:
+        reasons.append(f"library versions changed ({', '.join(moved)})")
     if old.get("stage") != new["stage"]:
         before, now = old.get("stage") or {}, new["stage"]
         if set(before) == set(now) and "fit" not in now:  # the same kind: which of its keys
@@ -131,6 +191,9 @@ def changes(old: dict, new: dict, ran: list[str]) -> list[str]:
         reasons.append(f"the stage's settings changed ({', '.join(keys)})" if keys else "the stage's settings changed")
     recipes = old.get("recipes") or {}
     reasons += [f"recipe {file} changed" for file, sha in new["recipes"].items() if recipes.get(file, sha) != sha]
+    files = old.get("files") or {}
+    reasons += [f"file {file} changed" if file in files else f"it reads another file ({file})"
+                for file, sha in new.get("files", {}).items() if files.get(file) != sha]
     if old.get("arguments") != new["arguments"]:
         reasons.append(f"arguments changed ({_arguments(old.get('arguments') or {})} -> "
                        f"{_arguments(new['arguments'])})")
