@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from adapt.checkpoints import atomic_write
 from adapt.workflows.compare import compare_runs, miou_summary
 
 # row label -> (evaluate stage, stages whose wall time the row costs); F: FPN on EfficientNet-Lite0 from ImageNet
@@ -157,22 +158,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
     parser.add_argument("--out", default="runs/camvid/benchmark")
     parser.add_argument("--no-run", dest="run", action="store_false", help="print the tables of what has run")
+    parser.add_argument("--output", default=None, help="also write the printed tables to this file")
     args, extra = parser.parse_known_args()
     if args.run:
         command = [sys.executable, "-m", "adapt.cli", "run", "recipes/camvid/benchmark.yaml", "--out", args.out,
                    "--seeds", *map(str, args.seeds), *extra]
         subprocess.run(command, check=True)
     out = Path(args.out)
-    print(f"\nCamVid day -> dusk, the 31 dusk test frames (dusk/splits/eval.txt), seeds "
-          f"{' '.join(map(str, args.seeds))}; mIoU in %; std: sample std over seeds; interval: 95 % percentile "
-          "bootstrap over frames and seeds; gap: share of the source-only -> reference gap closed (means)")
-    print(table(out, args.seeds))
-    print()
-    print(comparisons(out, args.seeds))
-    for name in SELF_TRAINING:
-        print()
-        print(selection_table(out, args.seeds, name))
-
+    parts = [f"CamVid day -> dusk, the 31 dusk test frames (dusk/splits/eval.txt), seeds "
+             f"{' '.join(map(str, args.seeds))}; mIoU in %; std: sample std over seeds; interval: 95 % percentile "
+             "bootstrap over frames and seeds; gap: share of the source-only -> reference gap closed (means)",
+             table(out, args.seeds), comparisons(out, args.seeds),
+             *(selection_table(out, args.seeds, name) for name in SELF_TRAINING)]
+    text = "\n\n".join(parts)
+    print("\n" + text)
+    if args.output:
+        atomic_write(args.output, lambda f: f.write((text + "\n").encode()))
+        print(f"\nwritten to {args.output}")
 
 if __name__ == "__main__":
     main()

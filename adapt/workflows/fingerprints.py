@@ -24,13 +24,13 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import adapt
+from adapt.checkpoints import versions
 
 
 def file_sha256(path: str | Path) -> str:
@@ -67,21 +67,12 @@ def source_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-# the libraries whose versions can change a result (numerics, nets, augmentation and its RNG, image decoding)
-LIBRARIES = ("torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch", "timm", "albumentations",
-             "numpy", "opencv-python-headless", "Pillow")
-
-
 def adapt_identity() -> dict:
     """adapt's part of every fingerprint: the package version, the digest of its source files and the versions of
-    the libraries that shape a result. The git commit is recorded beside the fingerprint (``git_commit``), never in
-    it: a commit that only changes documentation (or other packages' files) must not make finished results stale."""
-    libraries = {}
-    for name in LIBRARIES:
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
+    the libraries that shape a result (those a checkpoint records). The git commit is recorded beside the
+    fingerprint (``git_commit``), never in it: a commit that only changes documentation (or other packages' files)
+    must not make finished results stale."""
+    libraries = {name: version for name, version in versions().items() if name != "adapt-seg"}
     return {"version": adapt.__version__, "source": source_digest(Path(adapt.__file__).parent),
             "libraries": libraries}
 
