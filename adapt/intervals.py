@@ -30,6 +30,14 @@ def per_image_record(batches: list[dict]) -> dict:
     return record
 
 
+def _repeated(names: list[str]) -> str:
+    """The first name (in sorted order) that ``names`` holds more than once."""
+    seen, repeated = set(), set()
+    for name in names:
+        (repeated if name in seen else seen).add(name)
+    return min(repeated)
+
+
 def stack_runs(records: list[dict], names: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-image records of S runs (seeds) -> (frame names [N], intersection int64 [S, N, C], union [S, N, C]),
     every run's images put in the order of ``names`` (default: the first run's). ConfigError when a run scored
@@ -38,14 +46,15 @@ def stack_runs(records: list[dict], names: list[str] | None = None) -> tuple[lis
         raise ConfigError("no runs to stack; give at least one metrics.json with per-image counts")
     names = list(records[0]["names"] if names is None else names)
     if len(set(names)) != len(names):
-        raise ConfigError(f"per-image counts name a frame twice ({len(names) - len(set(names))} repeats); "
-                          "score each frame once")
+        raise ConfigError(f"per-image counts name a frame twice ({_repeated(names)}; {len(names) - len(set(names))} "
+                          "repeats); score each frame once")
     intersections, unions = [], []
     for record in records:
         if sorted(record["names"]) != sorted(names):
             extra = sorted(set(record["names"]) ^ set(names))
+            what = f"{extra[0]} not in both" if extra else f"{_repeated(record['names'])} scored twice"
             raise ConfigError(f"runs scored different frames ({len(record['names'])} vs {len(names)} images; "
-                              f"{extra[0] if extra else 'a repeated frame'} not in both); compare runs on one split")
+                              f"{what}); compare runs that scored each frame of one split once")
         position = {name: i for i, name in enumerate(record["names"])}
         order = [position[name] for name in names]
         intersections.append(np.asarray(record["intersection"], dtype=np.int64)[order])

@@ -87,6 +87,38 @@ def test_no_stage_reads_an_evaluation_frame_but_final_evaluations(capsys, monkey
     assert not {"source_only", "randomized"} & reading  # they read day frames only
 
 
+DEVELOPMENT_RECIPES = ["test_time_dev.yaml", "self_training_length_dev.yaml", "self_training_dev.yaml"]
+
+
+def test_development_experiments_never_read_an_evaluation_frame(capsys, monkeypatch):
+    """The experiments that chose the benchmark's settings: every evaluate and tta stage reads the development
+    frames (labelled_train), every fit trains and validates on frames outside dusk/splits/eval.txt."""
+    from adapt.data.datasets import open_dataset
+
+    monkeypatch.chdir(REPO)
+    evaluation = set(open_dataset("folder", str(DUSK), "eval", labels=True).names)
+    fits: dict[tuple, tuple[set[str], set[str]]] = {}  # (recipe, args) -> frames read; a fit repeated is resolved once
+    for recipe in DEVELOPMENT_RECIPES:
+        for stage in load_yaml(REPO / "recipes/camvid" / recipe)["stages"]:
+            where = f"{recipe} stage {stage['name']}"
+            if "fit" in stage:
+                args = tuple(_placeholders(a) for a in stage.get("args", []))
+                if (stage["fit"], args) not in fits:
+                    code, out, err = adapt_main(capsys, "fit", "--config", stage["fit"], *args, "--print_config")
+                    assert code == 0, f"{where}: {err[-2000:]}"
+                    fits[stage["fit"], args] = _fit_dusk_frames(yaml.safe_load(out))
+                trained, validated = fits[stage["fit"], args]
+                for doing, frames in (("trains", trained), ("validates", validated)):
+                    assert not frames & evaluation, f"{where} {doing} on eval frames {sorted(frames & evaluation)[:3]}"
+            else:
+                verb = "evaluate" if "evaluate" in stage else "tta"
+                assert verb in stage, f"{where}: a stage this test does not know; say which frames it reads"
+                spec = stage[verb]
+                assert spec.get("split") == "labelled_train", f"{where} reads split {spec.get('split')!r}"
+                read = _dusk_names(open_dataset(spec.get("kind", "folder"), spec["root"], spec["split"], labels=False))
+                assert read and not read & evaluation, f"{where} reads evaluation frames"
+
+
 def _camvid_table():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
@@ -118,10 +150,12 @@ def test_the_table_gives_intervals_both_gaps_and_paired_comparisons(tmp_path):
             hits = k.get(evaluation, 3)
             per_image = {"names": [f"f{i}" for i in range(4)], "intersection": [[hits, hits]] * 4,
                          "union": [[10, 10]] * 4, "pixels": [20] * 4, "correct": [2 * hits] * 4}
-            for name, record in [(evaluation, {"metrics": {"miou": 10.0 * hits, "per_image": per_image}}),
+            metrics = {"miou": 10.0 * hits, "per_image": per_image}
+            for name, record in [(evaluation, {"metrics": metrics}),
                                  *((c, {"checkpoint": "x", "seconds": 60.0}) for c in costs)]:
                 (tmp_path / f"seed_{seed}" / name).mkdir(parents=True, exist_ok=True)
                 (tmp_path / f"seed_{seed}" / name / "stage.json").write_text(json.dumps(record))
+            (tmp_path / f"seed_{seed}" / evaluation / "metrics.json").write_text(json.dumps(metrics))
     lines = camvid_table.table(tmp_path, seeds).splitlines()
     mic = next(line for line in lines if "masked image consistency" in line)
     # mean 50.00 ± 0, interval [50, 50], gap closed: (50 - 20) / (60 - 20) = 75 %, (50 - 20) / (80 - 20) = 50 %

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -45,6 +47,21 @@ def test_few_shot_refuses_evaluation_images_and_too_many(tiny_pair):
         _dm(tiny_pair, few_shot=99, few_shot_split="train").setup("fit")
     with pytest.raises(DataError, match="few_shot_repeat"):
         _dm(tiny_pair, few_shot=2, few_shot_repeat=0)
+
+
+@pytest.mark.parametrize("limit_val_batches", [1.0, 2])
+def test_few_shot_frames_may_be_validation_frames_only_when_validation_never_runs(tiny_pair, limit_val_batches):
+    """A few-shot split sharing frames with the validation split: refused when the trainer validates, fine when it
+    does not (limit_val_batches 0: a fit on all labelled development frames, none left to validate on)."""
+    validating = _dm(tiny_pair, few_shot=3, few_shot_split="val")
+    validating.trainer = SimpleNamespace(limit_val_batches=limit_val_batches)
+    with pytest.raises(DataError, match="data.few_shot_split 'val' shares .* set trainer.limit_val_batches: 0"):
+        validating.setup("fit")
+    silent = _dm(tiny_pair, few_shot=3, few_shot_split="val", few_shot_repeat=2)
+    silent.trainer = SimpleNamespace(limit_val_batches=0)
+    silent.setup("fit")
+    assert len(set(silent.few_shot_names)) == 3 and set(silent.few_shot_names) <= set(silent.val.names)
+    assert len(silent.source) == len(FolderDataset(tiny_pair / "source", "train")) + 3 * 2
 
 
 def test_a_few_shot_fit_runs(tiny_pair):

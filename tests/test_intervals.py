@@ -124,6 +124,27 @@ def test_stack_runs_aligns_frames_by_name_and_refuses_other_frames():
         stack_runs([record("aab", INTERSECTION, UNION)])
 
 
+def test_compare_names_the_files_whose_frames_differ():
+    from adapt.workflows.compare import compare_runs
+
+    def run(path, names):
+        return {"path": path, "per_image": record(names, INTERSECTION, UNION)}
+
+    a, b = [run("a/s0.json", "abc"), run("a/s1.json", "cab")], [run("b/s0.json", "abc"), run("b/s1.json", "abd")]
+    with pytest.raises(ConfigError) as err:
+        compare_runs(a, b, resamples=10)  # B's second seed scored d instead of c
+    message = str(err.value)
+    assert message.startswith("B (b/s0.json, b/s1.json) against A: runs scored different frames (3 vs 3 images; "
+                              "c not in both)") and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^A \(a/s0.json, a/s1.json\): runs scored different frames \(4 vs 3 "
+                                          r"images; a scored twice\)"):
+        compare_runs([a[0], run("a/s1.json", "abca")], b, resamples=10)
+    with pytest.raises(ConfigError, match=r"^A \(a/s0.json\): per-image counts name a frame twice \(a; 1 repeats"):
+        compare_runs([run("a/s0.json", "aab")], b[:1], resamples=10)
+    with pytest.raises(ConfigError, match=r"^B \(b/s0.json\) against A: .*\(4 vs 3 images; d not in both\)"):
+        compare_runs(a[:1], [run("b/s0.json", "abcd")], resamples=10)
+
+
 def write_metrics(path, names, intersection, union):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"miou": 100 * miou_from_counts(intersection, union),
@@ -154,6 +175,7 @@ def test_compare_command(tmp_path, capsys):
     other = write_metrics(tmp_path / "c" / "metrics.json", [f"other{i}" for i in range(15)], intersection[0], union[0])
     code, _, stderr = adapt_main(capsys, "compare", a[0], other)
     assert code == 2 and "different frames" in stderr and len(stderr.strip().splitlines()) == 1
+    assert f"B ({other}) against A" in stderr
     (tmp_path / "old.json").write_text(json.dumps({"miou": 50.0}))
     code, _, stderr = adapt_main(capsys, "compare", a[0], str(tmp_path / "old.json"))
     assert code == 2 and "per-image counts" in stderr

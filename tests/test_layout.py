@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adapt"
 # the layers, bottom to top: a module may import modules of its own layer or below, never above
 LAYERS = [
     ["adapt", "adapt.errors"],
-    ["adapt.data", "adapt.nets", "adapt.losses", "adapt.metrics", "adapt.inference"],
+    ["adapt.data", "adapt.nets", "adapt.losses", "adapt.metrics", "adapt.intervals", "adapt.inference"],
     ["adapt.checkpoints", "adapt.report", "adapt.plots", "adapt.recipe"],
     ["adapt.tasks", "adapt.callbacks"],
     ["adapt.workflows"],
@@ -50,6 +50,13 @@ def imports(path: Path, name: str | None = None) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     return {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_every_module_has_a_row():
+    """A new top-level module is placed in LAYERS (else it would fall to layer 0 by the prefix ``adapt``)."""
+    placed = {prefix for row in LAYERS for prefix in row} - {"adapt"}
+    unplaced = [m for m in graph() if m != "adapt" and not any(m == p or m.startswith(p + ".") for p in placed)]
+    assert not unplaced, f"modules missing from tests/test_layout.py's LAYERS: {unplaced}"
 
 
 def test_imports_go_only_downward():

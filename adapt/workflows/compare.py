@@ -49,16 +49,29 @@ def miou_summary(runs: list[dict], resamples: int = 2000, seed: int = 0, level: 
             "seeds": len(runs), "images": len(names), "runs": [r.get("path") for r in runs]}
 
 
+def _stacked(runs: list[dict], names: list[str] | None, label: str) -> tuple:
+    """``stack_runs`` of the runs' per-image counts; its ConfigError re-raised with ``label`` (which names the
+    files) in front."""
+    try:
+        return stack_runs([r["per_image"] for r in runs], names)
+    except ConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
+
+
+def _paths(runs: list[dict]) -> str:
+    return ", ".join(str(r.get("path", f"run {i + 1}")) for i, r in enumerate(runs))
+
+
 def compare_runs(a: list[dict], b: list[dict], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Methods A and B (metrics dicts with ``per_image``, one per seed, seeds paired by position) on the same
     frames: ``{"a": miou_summary(a), "b": miou_summary(b), "difference": {"mean", "low", "high" (percent),
-    "a_better_seeds", "seeds"}, "images", "resamples", "level", "seed"}``. ConfigError when the frames differ or
-    the seed counts do."""
+    "a_better_seeds", "seeds"}, "images", "resamples", "level", "seed"}``. ConfigError when the frames differ (or
+    one is scored twice), naming the files of A or B (their ``path``), or when the seed counts differ."""
     if not 0 < level < 1 or resamples < 1:
         raise ConfigError(f"adapt compare: level {level}, resamples {resamples}; give 0 < level < 1 and "
                           "resamples >= 1")
-    names, a_intersection, a_union = stack_runs([r["per_image"] for r in a])
-    _, b_intersection, b_union = stack_runs([r["per_image"] for r in b], names)  # B in A's frame order
+    names, a_intersection, a_union = _stacked(a, None, f"A ({_paths(a)})")
+    _, b_intersection, b_union = _stacked(b, names, f"B ({_paths(b)}) against A")  # B in A's frame order
     diff = paired_difference(a_intersection, a_union, b_intersection, b_union, resamples, seed, level)
     difference = {"mean": _pct(diff["difference"]), "low": _pct(diff["low"]), "high": _pct(diff["high"]),
                   "a_better_seeds": diff["a_better_seeds"], "seeds": diff["seeds"]}

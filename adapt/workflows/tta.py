@@ -1,7 +1,7 @@
 """Adaptation at test time from target images alone: AdaBN and TENT (``adapt tta``).
 
 - **AdaBN** (Li et al. 2016): every BatchNorm layer's running mean and variance are recomputed on the target
-  images (a cumulative average over one pass, the rest of F in eval mode); no weight changes.
+  images (one pass, every image weighing the same, the rest of F in eval mode); no weight changes.
 - **TENT** (Wang et al. 2021): BatchNorm's affine weights and biases, and nothing else, are trained to minimise the
   mean per-pixel entropy of F's softmax on target batches (BatchNorm normalizing with batch statistics, as TENT
   does), then the running statistics are recomputed as in AdaBN so that F can be evaluated in eval mode.
@@ -13,16 +13,17 @@ stride (32; a ViT's patch size), so no padding enters the statistics.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
 from adapt.data.datasets import DatasetKind, open_dataset
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, DataError
 from adapt.inference import crop_to_multiple
 from adapt.losses import entropy
 from adapt.nets.segmenter import Segmenter, batch_norms
@@ -39,18 +40,33 @@ def _statistics_mode(segmenter: torch.nn.Module) -> list[_BatchNorm]:
     return layers
 
 
+def statistics_loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    """Every image of ``dataset`` once, in order, in near-equal batches of at most ``batch_size`` (31 images at 8:
+    8, 8, 8, 7): no short last batch, and with 2 or more images no batch of one (BatchNorm layers on pooled
+    features, like DeepLabV3's ASPP pooling, need 2 values per channel), so an odd count at ``batch_size`` 2 ends
+    with a batch of 3."""
+    count = max(1, min(math.ceil(len(dataset) / batch_size), len(dataset) // 2))
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in torch.arange(len(dataset)).tensor_split(count)])
+
+
 @torch.no_grad()
 def adabn(segmenter: Segmenter, loader: DataLoader) -> None:
-    """Replace every BatchNorm layer's running statistics by those of the images of ``loader`` (cumulative
-    average of the batch statistics: momentum None); weights untouched; ``segmenter`` ends in eval mode."""
+    """Replace every BatchNorm layer's running statistics by those of the images of ``loader``, every image
+    weighing the same: before a batch of n_b images each layer's momentum is n_b / (n_seen + n_b), so the running
+    mean ends as the image-weighted mean of the batch means and the running variance as the image-weighted mean
+    of the (unbiased) batch variances; the layers' momenta are restored after. Weights untouched; ``segmenter``
+    ends in eval mode. ``loader``: batches ``{"image": float [B, 3, H, W]}`` (``statistics_loader``)."""
     layers = _statistics_mode(segmenter)
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None
-    device = next(segmenter.parameters()).device
+    device, seen = next(segmenter.parameters()).device, 0
     for batch in loader:
-        segmenter(crop_to_multiple(batch["image"].to(device), segmenter.output_stride))
+        images = batch["image"]
+        for layer in layers:
+            layer.momentum = len(images) / (seen + len(images))
+        segmenter(crop_to_multiple(images.to(device), segmenter.output_stride))
+        seen += len(images)
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     segmenter.eval()
@@ -59,8 +75,8 @@ def adabn(segmenter: Segmenter, loader: DataLoader) -> None:
 def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3,
          statistics: DataLoader | None = None) -> list[float]:
     """``steps`` Adam steps on BatchNorm's affine parameters minimising the mean softmax entropy (nats) of the
-    target batches of ``loader`` (cycled), then ``adabn`` over ``statistics`` (default: ``loader``). Returns the
-    entropy before each step."""
+    target batches of ``loader`` (cycled), then ``adabn`` over ``statistics`` (default: ``loader``; best a
+    ``statistics_loader``). Returns the entropy before each step."""
     layers = _statistics_mode(segmenter)
     params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
     if not params:
@@ -105,7 +121,9 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
         kind: layout of ``root``: folder, gta5, cityscapes, synthia, acdc, darkzurich, carla or carla_legacy.
         steps: TENT: Adam steps on BatchNorm's affine parameters.
         lr: TENT: learning rate.
-        batch_size: target images per batch (at least 2: BatchNorm needs a batch).
+        batch_size: target images per batch (at least 2: BatchNorm needs a batch); the statistics pass splits
+            the images into near-equal batches of at most this many, never one of a single image (3 images at 2:
+            one batch of 3).
         seed: the order of TENT's target batches (an experiment stage passes the run's seed).
         device: torch device (cpu, cuda, ...).
         weights_only: read the checkpoint as tensors and plain values only (false: only for files you trust).
@@ -119,11 +137,14 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
         raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
     segmenter, _ = load_segmenter(checkpoint, "--checkpoint", weights_only)
     dataset = open_dataset(kind, str(root), split, labels=False)
+    if len(dataset) < 2:
+        raise DataError(f"--root {root}: {len(dataset)} target image(s); {method} needs at least 2 (BatchNorm "
+                        "needs a batch)")
     # TENT's steps: shuffled batches, a short last one dropped (BatchNorm trains on full batches); the statistics
-    # (AdaBN, and TENT's last pass) read every image once
+    # (AdaBN, and TENT's last pass) read every image once, in near-equal batches, each image weighing the same
     steps_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
                               generator=torch.Generator().manual_seed(seed))
-    every_image = DataLoader(dataset, batch_size=batch_size)
+    every_image = statistics_loader(dataset, batch_size)
     segmenter = segmenter.to(device)
     record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
               "checkpoint": str(checkpoint), "output": str(output)}
