@@ -64,16 +64,20 @@ def tiny_datamodule(pair: Path, batch_size: int = 2):
 @pytest.fixture(scope="session")
 def segmenter_ckpt(tiny_pair, tmp_path_factory) -> Path:
     """A (barely trained) F checkpoint on the tiny pair."""
+    return tiny_checkpoint(tiny_pair, tmp_path_factory.mktemp("f") / "f.ckpt", "fpn")
+
+
+def tiny_checkpoint(pair: Path, path: Path, arch: str) -> Path:
+    """An F of ``arch`` trained one step on the tiny pair, saved at ``path``."""
     import pytorch_lightning as pl
 
     from adapt.tasks import SegmentationTask
 
-    dm = tiny_datamodule(tiny_pair)
-    task = SegmentationTask(arch="fpn", class_names=dm.class_names)
+    dm = tiny_datamodule(pair)
+    task = SegmentationTask(arch=arch, class_names=dm.class_names)
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     trainer.fit(task, dm)
-    path = tmp_path_factory.mktemp("f") / "f.ckpt"
     trainer.save_checkpoint(path)
     return path
 

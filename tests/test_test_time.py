@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import adapt_main, tiny_datamodule
+from conftest import adapt_main, tiny_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Subset
 
@@ -84,18 +84,7 @@ def test_statistics_batches_are_near_equal_and_never_single():
 @pytest.fixture(scope="module")
 def deeplab_ckpt(tiny_pair, tmp_path_factory):
     """A (barely trained) DeepLabV3+ F: its ASPP pooling BatchNorm sees one value per channel and image."""
-    import pytorch_lightning as pl
-
-    from adapt.tasks import SegmentationTask
-
-    dm = tiny_datamodule(tiny_pair)
-    task = SegmentationTask(arch="deeplabv3plus", class_names=dm.class_names)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(task, dm)
-    path = tmp_path_factory.mktemp("deeplab") / "f.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return tiny_checkpoint(tiny_pair, tmp_path_factory.mktemp("deeplab") / "f.ckpt", "deeplabv3plus")
 
 
 @pytest.mark.parametrize("batch_size", [2, 4])
