@@ -217,3 +217,13 @@ def test_scored_predictions_have_per_image_counts(tiny_pair, tmp_path):
                                                                                                   abs=1e-5)
     assert 100 * sum(per_image["correct"]) / sum(per_image["pixels"]) == pytest.approx(metrics["pixel_accuracy"],
                                                                                       abs=1e-5)
+
+
+def test_interval_by_hand_on_two_frames():
+    """Frames with IoU 1/2 and 3/4 (one class): a resample of two frames scores 1/2 (both the first), 4/6 (one of
+    each) or 3/4 (both the second), each end with probability 1/4, far above 2.5 %: the interval is [1/2, 3/4]."""
+    mean, low, high = miou_interval([[1], [3]], [[2], [4]], 2000, seed=0)
+    assert mean == pytest.approx(4 / 6) and (low, high) == pytest.approx((0.5, 0.75))
+    diff = paired_difference([[1], [3]], [[2], [4]], [[1], [1]], [[2], [4]], 2000)
+    # A - B per resample: 0 (both first), 4/6 - 2/6 = 1/3 (one of each), 3/4 - 1/4 = 1/2 (both second)
+    assert diff["difference"] == pytest.approx(1 / 3) and (diff["low"], diff["high"]) == pytest.approx((0, 0.5))
