@@ -97,8 +97,9 @@ def table(out: Path, seeds: list[int]) -> str:
     for label, (evaluation, costs) in ROWS.items():
         found = runs(out, seeds, evaluation)  # every seed, or the row stays empty
         values = [m["miou"] for m in found or []]
-        seconds = [sum(stage(out, seed, c)["seconds"] for c in costs) for seed in seeds
-                   if all(stage(out, seed, c) and "seconds" in stage(out, seed, c) for c in costs)]
+        records = [[stage(out, seed, c) for c in costs] for seed in seeds]  # each stage.json read once
+        seconds = [sum(r["seconds"] for r in per_seed) for per_seed in records
+                   if all(r and "seconds" in r for r in per_seed)]
         means[evaluation] = statistics.mean(values) if values else None
         interval = f"[{(m := miou_summary(found))['low']:5.2f}, {m['high']:5.2f}]" if found else "-"
         spread = f" ± {statistics.stdev(values):5.2f}" if len(values) > 1 else ""
