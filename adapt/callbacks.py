@@ -3,8 +3,9 @@
 - ``ResumableCheckpoints``: ``last.ckpt`` at every epoch end (Lightning 2.6's ModelCheckpoint writes it only
   together with a top-k save); on SIGTERM (SLURM preemption, ``kill``) or a first Ctrl-C the current step finishes,
   a resumable checkpoint is written to the run's ``checkpoints/last.ckpt`` and the command exits with code 143 (a
-  second Ctrl-C aborts at once). Every process's RNG state travels in the checkpoint, so ``adapt fit ... --resume``
-  ends, on the CPU in deterministic mode, with the weights of an uninterrupted run, bit for bit (tested).
+  second Ctrl-C aborts at once; how Lightning and adapt treat each signal: ``adapt.signals``). Every process's RNG
+  state travels in the checkpoint, so ``adapt fit ... --resume`` ends, on the CPU in deterministic mode, with the
+  weights of an uninterrupted run, bit for bit (tested).
 - ``FiniteLoss``: a NaN or Inf loss stops the run before its backward pass (the weights stay finite), naming the
   step and the last good checkpoint.
 - ``RunRecord``: ``LOG_DIR/run.json`` (process 0): ``status`` (``running``, then ``finished``, ``interrupted`` or
@@ -13,15 +14,13 @@
   ``checkpoint["adapt"]`` with the resolved recipe.
 - ``CheckpointSelection``: the label-free validators' checkpoint choice against the target-label choice, from the
   values logged at each validation round (any logger), written to ``LOG_DIR/selection.json``.
-- ``AtomicCheckpointIO``: Lightning's checkpoint I/O through ``adapt.checkpoints`` (atomic, ``weights_only``).
+- ``AtomicCheckpointIO``: Lightning's checkpoint I/O through ``adapt.files`` (atomic) and ``adapt.checkpoints``
+  (``weights_only``).
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,13 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from adapt.checkpoints import atomic_save, git_commit, load_checkpoint, rng_state, set_rng_state, versions
+from adapt.checkpoints import load_checkpoint
 from adapt.errors import ConfigError, TrainingStopped
+from adapt.files import atomic_save
 from adapt.metrics import VALIDATORS
+from adapt.provenance import git_commit, rng_state, set_rng_state, versions
 from adapt.report import selection_lines, selection_report, write_json
+from adapt.signals import CtrlCAsSigterm
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -81,8 +83,7 @@ class ResumableCheckpoints(Callback):
         self.interrupting = False
         self._trainer = None
         self._rng_to_restore: list[dict] | None = None
-        self._sigint_pressed = False
-        self._previous_sigint = None
+        self.ctrl_c = CtrlCAsSigterm()  # the first Ctrl-C of the fit takes Lightning's SIGTERM path
 
     @property
     def state_key(self) -> str:
@@ -92,36 +93,26 @@ class ResumableCheckpoints(Callback):
         self._trainer = trainer
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def _on_sigint(self, signum, frame) -> None:
-        """First Ctrl-C: as SIGTERM (finish the step, write a resumable checkpoint, exit). Second: abort now."""
-        if self._sigint_pressed:
-            raise KeyboardInterrupt
-        self._sigint_pressed = True
-        print("\nCtrl-C: finishing this step, then writing a resumable checkpoint (Ctrl-C again aborts without one)",
-              file=sys.stderr, flush=True)
-        handler = signal.getsignal(signal.SIGTERM)  # Lightning's: marks the run, tells DDP children
-        if callable(handler):
-            handler(signal.SIGTERM, frame)
-
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        self.ctrl_c.install()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._restore_sigint()
+        self.ctrl_c.restore()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # A second writer of last.ckpt beside ModelCheckpoint: at an epoch end Lightning 2.6's ModelCheckpoint
+        # writes last.ckpt only right after a top-k save of the same step, and a top-k save is a second full
+        # checkpoint file per run (epoch=E-step=S.ckpt); with adapt's save_top_k 0 it writes last.ckpt only at the
+        # end of training (on_train_end, which also covers a max_steps stop mid-epoch). Same file, same folder.
         callback = trainer.checkpoint_callback
         if callback is None or not callback.save_last or trainer.sanity_checking:
             return
         trainer.save_checkpoint(last_checkpoint_path(trainer), weights_only=False)  # the full state (resumable)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_sigint()
+        self.ctrl_c.restore()
+        # SIGTERM only, at the step boundary where Lightning raises it; ModelCheckpoint(save_on_exception=True)
+        # would save after any exception (a crash half way through a step; the NaN stop, whose last good
+        # checkpoint must stay) and into a second file beside last.ckpt
         if isinstance(exception, SIGTERMException):
             path = last_checkpoint_path(trainer)
             self.interrupting = True

@@ -1,26 +1,28 @@
 """The ``adapt`` command: one hop from the shell to Lightning and to the workflows.
 
-    adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI (recipes = constructor arguments)
+    adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI; RECIPE: a file or a shipped name
     adapt fit --config RECIPE ... --resume                      continue an interrupted fit from its last.ckpt
-    adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--out DIR] [--protocol full|resize|slide] ...
+    adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--output DIR] [--protocol full|resize|slide] ...
     adapt evaluate --checkpoint CKPT --root [A,B] ...           several sets, one comparison table
     adapt evaluate ... --class_subsets [synthia16,synthia13]    SYNTHIA -> Cityscapes: 16- and 13-class mIoU too
     adapt evaluate --predictions DIR --root DATASET [--kind K] [--id_type label|train]
     adapt compare A|[A0,A1,..] B|[B0,B1,..] [--output F]        mIoUs, A - B (seeds paired), bootstrap intervals
-    adapt translate --checkpoint T.ckpt --direction source-to-target --input_root DIR --output_root DIR
+    adapt translate --checkpoint T.ckpt --direction source-to-target --input DIR --output DIR
     adapt fda --source ROOT --target ROOT --output T.ckpt [--beta B]   a Fourier (FDA) translator, no training
     adapt tta --checkpoint F.ckpt --root TARGET --output F2.ckpt [--method adabn|tent]   test-time adaptation
     adapt export --checkpoint F.ckpt --output F.onnx [--translator T.ckpt]   ONNX graph of F or F(T(x)), + F.json
     adapt predict --checkpoint F.ckpt --input DIR|--root DATASET --output DIR [--protocol P] [--confidence true]
-    adapt data synth --out DIR [--num_images N] [--size [H,W]] [--seed S]
+    adapt data synth --output DIR [--num_images N] [--size [H,W]] [--seed S]
     adapt data check KIND ROOT [--split S]                      pairs, corrupt files, sizes, label values
                       (KIND: folder gta5 cityscapes synthia acdc darkzurich carla carla_legacy)
-    adapt data gap --source S --target T [--out DIR] [--max_images N]   how far apart two domains are, and how
-    adapt run EXPERIMENT.yaml [--out DIR] [--seeds N ...]       the stages of a multi-stage experiment
-    adapt demo [--out DIR]                                      recipes/demo/demo.yaml and its gap table
+    adapt data gap --source S --target T [--output DIR] [--max_images N]   how far apart two domains are, and how
+    adapt run EXPERIMENT [--output DIR] [--seeds [N,...]] [--dry_run true] [--a.b=value ...]   a multi-stage experiment
+    adapt demo [--output DIR] [--max_epochs N]                  the shipped demo/demo experiment and its gap table
+    adapt recipes [--copy NAME|FOLDER|all --output DIR]         list the shipped recipes, or copy some to edit
 
 The verbs besides LightningCLI's are read from the typed signatures of their functions (``adapt.commands``);
-``adapt VERB --help`` lists their arguments.
+``adapt VERB --help`` lists their arguments. The spellings --out, --device, --input_root and --output_root still work
+for one release, with a warning (--output, --accelerator, --input).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt import commands
 from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoint, last_checkpoint_path, run_guard
-from adapt.commands import run_verb
+from adapt.catalogue import recipe_file
+from adapt.checkpoints import SEGMENTER_KIND, TRANSLATOR_KIND, load_checkpoint, require_kind
+from adapt.commands import failed, run_verb
+from adapt.distributed import SyncBatchNormPlugin
 from adapt.errors import ConfigError, DataError, StageFailed, TrainingStopped
-from adapt.nets.sync_batchnorm import SyncBatchNormPlugin
 from adapt.recipe import check_recipe
-from adapt.workflows.experiment import demo_main, run_main
+from adapt.signals import Interrupted
 
 
 class _DropTips(logging.Filter):
@@ -118,6 +122,20 @@ class AdaptCLI(LightningCLI):
                                            seed if isinstance(seed, int) and not isinstance(seed, bool) else None))
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: refuse a checkpoint of the other kind (a translator's for a segmentation task, an F's for
+        the translation task) with the line every verb gives, before LightningCLI merges its hyperparameters into
+        the recipe's task, which would fail with a long jsonargparse message about foreign keys. Overrides a private
+        LightningCLI step: no public hook runs between parsing and that merge."""
+        command = self.config.get("subcommand")
+        path = self.config[command].get("ckpt_path") if command else None
+        if path and Path(path).is_file():
+            class_path = str(self.config[command].get("model", {}).get("class_path") or "")
+            wanted = TRANSLATOR_KIND if class_path.endswith("TranslationTask") else SEGMENTER_KIND
+            trusted = self.config[command].get("weights_only") is False  # --weights_only false: the user trusts it
+            require_kind(load_checkpoint(path, "--ckpt_path", weights_only=not trusted, mmap=True), (wanted,), "--ckpt_path", path)
+        super()._parse_ckpt_path()
+
     def _weights_only_by_default(self) -> None:
         """Checkpoints given to ``--ckpt_path`` are read as tensors and plain values (``--weights_only false``
         opts out, for a file you trust); Lightning alone would fall back to full unpickling."""
@@ -157,6 +175,9 @@ def run_lightning(args: list[str]) -> AdaptCLI:
     Recipes and overrides are checked first (one-line errors naming the key); what jsonargparse still rejects
     (a wrong type, say) comes back as a ConfigError with its message on one line, without the usage screen."""
     if args and args[0] in ("fit", "validate", "test"):
+        args = [args[0], *_recipe_files(args[1:])]
+        # before jsonargparse: one line naming the file and key (a misspelt or renamed init_arg), which its nested
+        # union error cannot say; jsonargparse still validates everything (adapt.recipe's docstring)
         check_recipe(args[1:])
     try:
         return AdaptCLI(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
@@ -170,9 +191,23 @@ def run_lightning(args: list[str]) -> AdaptCLI:
         raise cause from None
 
 
+def _recipe_files(args: list[str]) -> list[str]:
+    """``args`` with each ``--config NAME`` (``-c``, ``--config=``) of a shipped recipe replaced by its file, so
+    that LightningCLI reads ``adapt fit --config demo/source_only`` from any folder; paths are kept as they are."""
+    result = list(args)
+    for i, arg in enumerate(result):
+        if arg.startswith("--config="):
+            result[i] = f"--config={recipe_file(arg.partition('=')[2])}"
+        elif arg in ("--config", "-c") and i + 1 < len(result):
+            result[i + 1] = recipe_file(result[i + 1])
+    return result
+
+
 def _short_argument_error(text: str) -> str:
     """jsonargparse's message for a bad value of a task or data argument, cut to ``model.init_args.KEY: why
-    (class)``; other messages unchanged."""
+    (class)``; other messages unchanged. A regular expression because jsonargparse gives no structured form: its
+    ArgumentError carries only the message text (the failing key and class are folded into the union / subclass
+    error's wording), so the text is all there is to read; an unmatched message passes through whole."""
     found = re.search(r'Parser key "(\w+)": Does not validate .*?Problem with given class_path \'([\w.]+)\': '
                       r'Parser key "([\w.]+)": (.*?)(?: - Expected a <class \'NoneType\'>|$)', text)
     return f"{found[1]}.init_args.{found[3]}: {found[4].strip()} ({found[2]})" if found else text
@@ -201,14 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         verb = " ".join(argv[:2]) if argv[:1] == ["data"] else argv[0]
         if verb in commands.VERBS:
-            run_verb(verb, argv[len(verb.split()):])
+            if failed(verb, run_verb(verb, argv[len(verb.split()):])):
+                sys.exit(1)  # printed already (data check's problems): a script can stop on the status
         elif argv[:1] == ["data"]:
             known = [v.split()[1] for v in commands.VERBS if v.startswith("data ")]
             raise ConfigError(f"adapt data: give {', '.join(known[:-1])} or {known[-1]} (adapt data VERB --help)")
-        elif argv[:1] == ["run"]:
-            run_main(argv[1:])
-        elif argv[:1] == ["demo"]:
-            demo_main(argv[1:])
         else:
             run_lightning(argv)
     except SIGTERMException as err:  # SIGTERM or Ctrl-C: ResumableCheckpoints wrote a resumable checkpoint
@@ -216,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"adapt: interrupted; resumable checkpoint: {where}; run the same command with --resume to continue"
               if where else "adapt: interrupted before training started; nothing to resume", file=sys.stderr)
         sys.exit(143)
+    except Interrupted as err:  # work outside Lightning stopped by Ctrl-C (130) or SIGTERM (143); it says what it kept
+        print(err, file=sys.stderr)
+        sys.exit(err.exit_code)
     except StageFailed as err:  # `adapt run`: a stage's process failed; exit with its own code, not a usage error's
         if debug:
             raise
@@ -235,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _one_line(err: BaseException) -> str:
     """The message of ``err``; for one re-raised from a DataLoader worker, its last line (the worker's own words
-    follow a traceback there)."""
+    follow a traceback there). Text, because torch keeps no structured form: its worker re-raises the exception's
+    type with a new message (the worker's traceback as text), and the original exception object is gone."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     if len(lines) > 1 and "Original Traceback" in str(err):
         last = lines[-1]

@@ -7,8 +7,16 @@ CycleGAN generator need sides that are multiples of their stride, and pad right 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch.nn import functional as nnf
+
+from adapt.errors import ConfigError
+
+# ``--accelerator`` of the verbs that run a network outside a Trainer (predict, tta, translate, data gap)
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+DEVICES = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 1, mode: str = "replicate") -> torch.Tensor:
@@ -135,3 +143,15 @@ def predict(segmenter: torch.nn.Module, image: torch.Tensor, protocol: dict | No
     if mode == "slide":
         return predict_slide(segmenter, image, protocol["window"], protocol["stride"], multiple)
     raise ValueError(f"protocol {mode!r}: choose one of {', '.join(PROTOCOL_MODES)}")
+
+
+def torch_device(accelerator: str) -> torch.device:
+    """The torch device of ``--accelerator`` (auto: cuda when available, else cpu); a ConfigError when it is not
+    available here."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = DEVICES.get(accelerator)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name is None or not available[name]:
+        raise ConfigError(f"--accelerator: {accelerator} is not available on this machine; use auto or cpu")
+    return torch.device(name)

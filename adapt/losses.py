@@ -5,14 +5,57 @@ lambda_semantic) and all optimizer calls stay in the task's ``training_step``. W
 D_Y and the reverse generator R: Y -> X, CycleGAN's generator objective is
 ``lsgan_loss(D_Y(G(x)), True) + lambda_cycle * cycle_loss(R(G(x)), x) + lambda_identity * identity_loss(G(y), y)``
 (and the same with the roles swapped); D_Y minimizes ``discriminator_loss(D_Y(y), D_Y(pool.query(G(x))))``.
+
+The segmenter's losses: ``pixel_cross_entropy`` (the one cross-entropy of F's training, per pixel, optionally
+weighted, summed) and ``global_batch_mean`` (that sum divided by the labelled pixels of the global batch, for DDP);
+the entropy (MinEnt, TENT, validators) and DAFormer's feature distance.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.nn import functional as nnf
 
+from adapt.data.labels import IGNORE_INDEX
+
 EPS = 1e-12  # probabilities below it count as 0 in log p
+
+
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the per-pixel cross-entropy, times ``weight`` where given; count of labelled pixels), for
+    ``global_batch_mean``.
+
+    logits float [B, C, H, W] (the softmax taken in float32 or better); labels int64 [B, H, W] of train indices,
+    ``IGNORE_INDEX`` (255) where no loss applies; weight float [B, H, W] or None. Returns a float scalar with grad
+    and an int64 scalar.
+    """
+    if weight is None:
+        total = nnf.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        total = (nnf.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+                 * weight).sum()
+    return total, (labels != IGNORE_INDEX).sum()
+
+
+def global_batch_mean(total: torch.Tensor, count: torch.Tensor, world_size: int = 1,
+                      sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean over the labelled pixels of the global batch (all W processes), as (loss to backpropagate, value).
+
+    ``total``: this process's summed loss (float scalar with grad); ``count``: its labelled pixels (int scalar);
+    ``sum_over_processes``: sums a float [2] tensor over the processes (needed when ``world_size`` > 1). DDP
+    averages gradients over the W processes, so the loss to backpropagate is ``W * total / N`` with ``N`` the global
+    pixel count: its averaged gradient is that of one process holding the whole batch, even when processes hold
+    different numbers of labelled pixels. The value (detached) is ``sum(total) / N``.
+    """
+    sums = torch.stack([total.detach(), count.to(total.dtype)])
+    if world_size > 1:
+        sums = sum_over_processes(sums)
+    n = sums[1].clamp(min=1)
+    return total * world_size / n, sums[0] / n
 
 
 def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
@@ -94,7 +137,7 @@ def entropy(scores: torch.Tensor, dim: int = 1, logits: bool = True) -> torch.Te
 
 
 def downscale_labels(labels: torch.Tensor, size: tuple[int, int], num_classes: int, min_share: float = 0.75,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Labels at a feature map's resolution (DAFormer's feature-distance masks): each cell takes the class that
     covers at least ``min_share`` of its pixels, ``ignore_index`` when no class does (ignored pixels count
     against every class).

@@ -1,7 +1,8 @@
-"""PNG reports of an evaluation: per-class IoU, confusion matrix, reliability diagram and example predictions.
+"""PNG reports: of an evaluation (per-class IoU, confusion matrix, reliability diagram, example predictions) and of
+``adapt data gap`` (class shares, colour, amplitude spectra: ``plot_gap_*``).
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, no display) and
-written atomically (``adapt.checkpoints.atomic_write``).
+written atomically (``adapt.files.atomic_write``).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
-from adapt.checkpoints import atomic_write
 from adapt.data.labels import IGNORE_INDEX
+from adapt.files import atomic_write
 
 DPI = 110
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (``adapt.checkpoints.atomic_write``)."""
+    """Write ``fig`` as a PNG at ``path`` atomically (``adapt.files.atomic_write``)."""
     FigureCanvasAgg(fig)
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
 
@@ -193,3 +194,70 @@ def write_plots(out: str | Path, metrics: dict, class_names: list[str], palette:
     if examples:
         paths.append(plot_examples(examples, palette, class_names, out / "examples.png", title))
     return paths
+
+
+def plot_gap_labels(report: dict, path: str | Path) -> Path:
+    """Bars of each domain's class pixel shares (%) from a ``adapt data gap`` report (``report["labels"]``)."""
+    labels, names = report["labels"], report["labels"]["classes"]
+    fig = Figure(figsize=(max(6.0, 0.55 * len(names) + 2), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    for offset, name, colour in ((-0.2, "source", "tab:blue"), (0.2, "target", "tab:orange")):
+        if labels[name]:
+            ax.bar(x + offset, [100 * labels[name][c] for c in names], width=0.4, color=colour,
+                   label=f"{name} ({report[name]['name']})")
+        else:
+            ax.text(0.99, 0.95 if name == "source" else 0.88, f"{name}: no labels", transform=ax.transAxes,
+                    ha="right", color=colour)
+    ax.set_xticks(x, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylabel("share of labelled pixels (%)")
+    tv = labels["total_variation"]
+    ax.set_title("class pixel shares" + (f" (total variation {tv:.3f})" if tv is not None else ""), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_gap_colour(report: dict, path: str | Path) -> Path:
+    """Each domain's brightness histogram, and its RGB, luma and saturation means with their std over pixels
+    (``report["colour"]`` of ``adapt data gap``)."""
+    fig = Figure(figsize=(11, 4))
+    hist, means = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = ["R", "G", "B", "luma", "saturation"]
+    for offset, name, colour in ((-0.2, "source", "tab:blue"), (0.2, "target", "tab:orange")):
+        stats = report["colour"][name]
+        share = np.array(stats["brightness_histogram"])
+        edges = np.linspace(0, 1, len(share) + 1)
+        hist.stairs(100 * share, edges, color=colour, label=f"{name} ({report[name]['name']})", linewidth=1.5)
+        values = [*stats["rgb_mean"], stats["brightness_mean"], stats["saturation_mean"]]
+        spread = [*stats["rgb_std"], stats["brightness_std"], stats["saturation_std"]]
+        means.bar(np.arange(5) + offset, values, yerr=spread, width=0.4, color=colour, capsize=3, label=name)
+    hist.set(xlabel="brightness (luma, 0..1)", ylabel="share of pixels (%)", title="brightness histograms")
+    hist.legend(fontsize=8)
+    means.set(xticks=np.arange(5), xticklabels=names, ylim=(0, 1), title="means (error bars: std over pixels)")
+    means.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_gap_spectrum(amplitudes: list[np.ndarray], report: dict, path: str | Path) -> Path:
+    """log(mean target amplitude) - log(mean source amplitude), averaged over channels, frequency 0 centred, with
+    the low-frequency square of each beta of ``report["spectrum"]``; ``amplitudes``: the mean amplitude spectra
+    of source and target, float [3, H, W] each, unshifted (``adapt.domain_stats.SpectrumStats.mean``)."""
+    difference = np.log(amplitudes[1] + 1e-8).mean(0) - np.log(amplitudes[0] + 1e-8).mean(0)
+    difference = np.fft.fftshift(difference)
+    height, width = difference.shape
+    limit = float(np.abs(difference).max()) or 1.0
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.add_subplot()
+    x0, y0 = width // 2, height // 2  # fftshift puts frequency 0 at these indices
+    image = ax.imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                      extent=(-x0 - 0.5, width - x0 - 0.5, height - y0 - 0.5, -y0 - 0.5))
+    for band, colour in zip(report["spectrum"]["bands"], ("black", "dimgrey")):
+        if (b := band["half_side"]) > 0:
+            ax.add_patch(Rectangle((-b - 0.5, -b - 0.5), 2 * b + 1, 2 * b + 1, fill=False, edgecolor=colour,
+                                   linewidth=1.2, label=f"FDA beta {band['beta']} (|f| <= {b})"))
+    ax.set(xlabel="horizontal frequency", ylabel="vertical frequency")
+    ax.set_title(f"log amplitude, target - source (mean over images, {height}x{width})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="log(target / source)")
+    return save_figure(fig, path)

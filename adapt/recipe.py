@@ -1,7 +1,16 @@
 """Recipes: YAML files whose keys are constructor arguments (LightningCLI / jsonargparse), checked early.
 
-jsonargparse validates recipes fully, but answers a misspelt key with a usage screen and a nested union error.
-``check_recipe`` runs first and names the key, where it came from and the closest valid name, in one line.
+jsonargparse validates recipes fully (types, values, everything this module leaves alone), but answers a misspelt or
+renamed key of a task or data module with a usage screen and a nested union error over every subclass it tried,
+which does not say which file or which key. ``check_recipe`` runs first and only does what that message cannot: it
+names the key, where it came from (the recipe file or the command-line option) and the closest valid name, or the
+new spelling of a renamed argument, in one line.
+
+A task or data class that renames a constructor argument lists it in a class attribute ``renamed_arguments:
+dict[str, str]`` (old init_arg name -> the new key under ``init_args``, dotted when nested: ``{"mask_ratio":
+"masking.ratio"}``); an old key then gets ``model.init_args.mask_ratio was renamed: use
+model.init_args.masking.ratio``. A value in parentheses says why an argument is gone instead (``{"ignore_index":
+"(labels mark ignored pixels with 255)"}``: ``... ignore_index was removed (labels mark ...)``).
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from adapt.errors import ConfigError
 
-TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only",
-             "optimizer", "lr_scheduler", "resume"}
+# the top-level keys adapt's LightningCLI reads; no optimizer / lr_scheduler: each task configures its own
+# (auto_configure_optimizers=False in adapt.cli), so LightningCLI rejects them
+TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only", "resume"}
 FIXED = {"trainer": Trainer, "checkpoint": ModelCheckpoint}
 
 
@@ -27,7 +37,8 @@ def load_yaml(path: str | Path) -> dict:
     """A recipe file as a dict; ConfigError naming the file when it is missing or not a YAML mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config: recipe {path} not found")
+        raise ConfigError(f"--config: recipe {path} not found; give a file or a shipped recipe's name (adapt recipes "
+                          "lists them)")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -78,7 +89,12 @@ def check_keys(doc: dict[str, Any], where: str) -> None:
                                   f"(got {sorted(value)}); see recipes/demo/source_only.yaml")
             cls = _import(value["class_path"], f"{where}: {top}.class_path")
             names, var_kw = _parameters(cls)
+            renamed = getattr(cls, "renamed_arguments", None) or {}
             for key in value.get("init_args") or {}:
+                if key in renamed and key not in names:
+                    new = renamed[key]
+                    raise ConfigError(f"{where}: {top}.init_args.{key} was removed {new}" if new.startswith("(") else
+                                      f"{where}: {top}.init_args.{key} was renamed: use {top}.init_args.{new}")
                 if key not in names and not var_kw:
                     raise _unknown(f"{top}.init_args.{key}", names, where, cls.__name__)
 

@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adapt.checkpoints import atomic_write
+from adapt.files import atomic_write
 from adapt.metrics import VALIDATORS
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented, newline-terminated) atomically (``adapt.checkpoints.atomic_write``)."""
+    """Write JSON (indented, newline-terminated) atomically (``adapt.files.atomic_write``)."""
     text = (json.dumps(data, indent=2) + "\n").encode()
     return atomic_write(path, lambda f: f.write(text))
 

@@ -12,6 +12,7 @@ import torch
 
 from adapt.data import DomainDataModule
 from adapt.tasks import SelfTrainingTask
+from adapt.tasks.ingredients import Teacher
 
 
 class SaveEachRank(pl.Callback):
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     dm = DomainDataModule(str(data / "source"), str(data / "target"), source_split="train", target_split="train",
                           val_split="val", batch_size=2)
-    task = SelfTrainingTask(arch="fpn", class_names=dm.class_names, ema_alpha=0.9, pseudo_threshold=0.5)
+    task = SelfTrainingTask(arch="fpn", class_names=dm.class_names, teacher=Teacher(ema_alpha=0.9, pseudo_threshold=0.5))
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[SaveEachRank(out)])

@@ -109,7 +109,7 @@ def test_bad_checkpoints_name_the_file(tmp_path, tiny_pair, segmenter_ckpt, caps
     translator = fake_translator(tmp_path / "t.ckpt", {"source": "source", "target": "target"})
 
     def evaluate(*args):
-        code, _, err = adapt_main(capsys, "evaluate", "--root", target, "--split", "val", "--out", str(out), *args)
+        code, _, err = adapt_main(capsys, "evaluate", "--root", target, "--split", "val", "--output", str(out), *args)
         assert code == 2 and "Traceback" not in err, err[-2000:]
         assert not (out / "metrics.json").exists()
         return err.strip().splitlines()[-1]

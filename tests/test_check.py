@@ -7,10 +7,10 @@ import pytest
 import yaml
 from conftest import adapt_main
 from PIL import Image
+from trees import write_tiny_cityscapes, write_tiny_gta5
 
 from adapt.data.check import check_dataset, format_report
-from adapt.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, write_tiny_cityscapes
-from adapt.data.gta5 import write_tiny_gta5
+from adapt.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from adapt.errors import DataError
 
 FOLDER_CLASSES = {"ignore_index": 0, "classes": [{"id": 1, "name": "sky"}, {"id": 2, "name": "road"},

@@ -33,7 +33,7 @@ def test_fit_then_evaluate_through_the_cli(fit_run, tiny_pair, tmp_path, capsys)
 
     out = tmp_path / "eval"
     code, stdout, stderr = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpts[0]), "--root",
-                                      str(tiny_pair / "target"), "--split", "val", "--out", str(out))
+                                      str(tiny_pair / "target"), "--split", "val", "--output", str(out))
     assert code == 0, stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"miou", "per_class_iou", "pixel_accuracy", "num_images", "protocol"}
@@ -102,8 +102,8 @@ def test_help_lists_every_verb_and_each_verb_its_arguments(capsys):
 
 
 def test_data_synth_writes_two_folder_datasets(tmp_path, capsys):
-    code, _, err = adapt_main(capsys, "data", "synth", "--out", str(tmp_path / "pair"), "--num_images", "8", "--size", "[48, 64]",
-                              "--seed", "5")
+    code, _, err = adapt_main(capsys, "data", "synth", "--output", str(tmp_path / "pair"), "--num_images", "8",
+                              "--size", "[48, 64]", "--seed", "5")
     assert code == 0, err[-2000:]
     from adapt.data import FolderDataset
 

@@ -13,6 +13,7 @@ from adapt.data.synthetic import CLASS_NAMES
 from adapt.errors import ConfigError
 from adapt.losses import downscale_labels
 from adapt.tasks import SelfTrainingTask
+from adapt.tasks.ingredients import FeatureDistance, Masking, Teacher
 from adapt.tasks.mixing import block_masks
 
 NAMES = list(CLASS_NAMES)  # things among them (DAFormer's Cityscapes names): car, person
@@ -37,8 +38,8 @@ def test_block_masks_hide_the_stated_share_in_whole_blocks():
 
 def test_masked_loss_learns_the_teachers_labels_of_the_unmasked_image():
     torch.manual_seed(0)
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mixing=False, strong_augment=False,
-                            confidence_weighting=False, mask_ratio=0.7, mask_block=0.25).eval()
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mixing=None, strong_augment=False,
+                            teacher=Teacher(confidence_weighting=False), masking=Masking(ratio=0.7, block=0.25)).eval()
     with torch.no_grad():  # a teacher that differs from the student, so its labels are not the student's own
         for parameter in task.teacher.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -64,7 +65,7 @@ def test_masked_loss_learns_the_teachers_labels_of_the_unmasked_image():
 
 def test_feature_distance_touches_only_thing_pixels():
     task = SelfTrainingTask(arch="fpn", encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet",
-                            class_names=NAMES, lambda_feature_distance=0.005)
+                            class_names=NAMES, feature_distance=FeatureDistance(weight=0.005))
     assert task.thing_classes.tolist() == [NAMES.index("car"), NAMES.index("person")]
     x_s = torch.rand(2, 3, 128, 128)
     y_s = torch.full((2, 128, 128), NAMES.index("road"))
@@ -84,10 +85,11 @@ def test_feature_distance_touches_only_thing_pixels():
         reference = task.imagenet_encoder(task.segmenter.normalize(x_s))[-1]
     by_hand = (features - reference).norm(dim=1)[things].mean()
     torch.testing.assert_close(value, by_hand.detach())
-    with pytest.raises(ConfigError, match="feature_distance_classes"):
-        SelfTrainingTask(arch="fpn", class_names=NAMES, feature_distance_classes=["bus"])
+    with pytest.raises(ConfigError, match=r"feature_distance\.classes: \['bus'\]"):
+        SelfTrainingTask(arch="fpn", class_names=NAMES, feature_distance=FeatureDistance(classes=["bus"]))
     with pytest.raises(ConfigError, match="set encoder_weights"):
-        SelfTrainingTask(arch="fpn", class_names=NAMES, lambda_feature_distance=0.005)
+        SelfTrainingTask(arch="fpn", class_names=NAMES, feature_distance=FeatureDistance())
+    assert not hasattr(SelfTrainingTask(arch="fpn", class_names=NAMES), "imagenet_encoder")  # null: no copy kept
 
 
 def test_downscaled_labels_need_three_quarters_of_a_cell():
@@ -100,10 +102,10 @@ def test_downscaled_labels_need_three_quarters_of_a_cell():
 
 def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys):
     recipe = _self_training_recipe(tmp_path, tiny_pair, encoder_name="timm-tf_efficientnet_lite0",
-                                   encoder_weights="imagenet", lambda_feature_distance=0.005, mask_ratio=0.7,
-                                   freeze_norm=True)
+                                   encoder_weights="imagenet", feature_distance={"weight": 0.005},
+                                   masking={"ratio": 0.7}, norm="frozen")
     config = yaml.safe_load(recipe.read_text())
-    config["data"]["init_args"].update(rare_class_temperature=0.01, augment="strong")
+    config["data"]["init_args"].update(rare_class_sampling={"temperature": 0.01}, augment="strong")
     config["trainer"].update(max_steps=2, limit_val_batches=1)
     recipe.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
@@ -115,7 +117,7 @@ def test_daformer_mic_self_training_through_the_cli(tmp_path, tiny_pair, capsys)
     state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
     running = [k for k in state if k.startswith("imagenet_encoder.") and k.endswith(("running_mean", "running_var"))]
     assert running and all(torch.equal(state[k], state["segmenter.net.encoder." + k.split(".", 1)[1]])
-                           for k in running)  # freeze_norm: F's statistics are still the ImageNet ones it began with
+                           for k in running)  # norm frozen: F's statistics are still the ImageNet ones it began with
 
 
 def test_statistics_kept_normalizes_by_batch_and_records_nothing():
@@ -135,7 +137,7 @@ def test_statistics_kept_normalizes_by_batch_and_records_nothing():
 
 
 def test_masked_images_do_not_move_batchnorm_statistics():
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7).train()
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, masking=Masking()).train()
     batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
              "target": {"image": torch.rand(2, 3, 64, 64)}}
     _logged(task)
@@ -145,8 +147,8 @@ def test_masked_images_do_not_move_batchnorm_statistics():
     assert counters and set(counters) == {2}  # the source and the mixed pass; not the masked one
 
 
-def test_keep_statistics_leaves_batchnorm_statistics_as_they_started():
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7, keep_statistics=True).train()
+def test_norm_keep_statistics_leaves_batchnorm_statistics_as_they_started():
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, masking=Masking(), norm="keep_statistics").train()
     before = {k: v.clone() for k, v in task.segmenter.state_dict().items() if "running" in k}
     batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
              "target": {"image": torch.rand(2, 3, 64, 64)}}
@@ -156,8 +158,8 @@ def test_keep_statistics_leaves_batchnorm_statistics_as_they_started():
     assert all(m.track_running_stats for m in task.segmenter.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_freeze_norm_normalizes_every_pass_with_the_running_statistics_and_records_none():
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, mask_ratio=0.7, freeze_norm=True)
+def test_norm_frozen_normalizes_every_pass_with_the_running_statistics_and_records_none():
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, masking=Masking(), norm="frozen")
     norms = [m for m in task.segmenter.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:  # running statistics unlike any batch's, so that normalizing by the batch would show
         m.running_mean.fill_(0.3), m.running_var.fill_(2.0)

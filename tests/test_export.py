@@ -56,7 +56,8 @@ def test_export_f_matches_evaluate_at_other_sizes(segmenter_ckpt, tmp_path, caps
     code, out, err = adapt_main(capsys, "export", "--checkpoint", str(segmenter_ckpt), "--output", str(output))
     assert code == 0, err
     assert f"wrote {output} (and {output.with_suffix('.json')})" in out
-    segmenter, hparams = load_segmenter(segmenter_ckpt)
+    loaded = load_segmenter(segmenter_ckpt)
+    segmenter, hparams = loaded.segmenter, loaded.hyper_parameters
     session = session_of(output)
     for shape in SIZES:
         image = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
@@ -80,7 +81,7 @@ def test_export_with_translator_is_f_of_g_ts(recorded_ckpt, translator_ckpt, tmp
     code, _, err = adapt_main(capsys, "export", "--checkpoint", str(recorded_ckpt), "--output", str(output),
                               "--translator", str(translator_ckpt))
     assert code == 0, err
-    segmenter, _ = load_segmenter(recorded_ckpt)
+    segmenter = load_segmenter(recorded_ckpt).segmenter
     generator = load_translator(translator_ckpt, "target-to-source")
     session = session_of(output)
     for shape in SIZES:

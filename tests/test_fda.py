@@ -86,7 +86,7 @@ def test_adapt_fda_checkpoint_is_a_translator_for_training_and_evaluation(tiny_p
 
     # F(T(x_t)) with the target-to-source direction
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--translator", str(ckpt),
-                              "--root", str(tiny_pair / "target"), "--split", "val", "--out", str(tmp_path / "eval"),
+                              "--root", str(tiny_pair / "target"), "--split", "val", "--output", str(tmp_path / "eval"),
                               "--plots", "false")
     assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

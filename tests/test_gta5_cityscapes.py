@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trees import write_tiny_cityscapes, write_tiny_gta5
 
-from adapt.data.cityscapes import (
-    CITYSCAPES_CLASSES,
-    CityscapesDataset,
-    label_id_palette,
-    label_id_to_train_index,
-    write_tiny_cityscapes,
-)
-from adapt.data.gta5 import GTA5Dataset, write_tiny_gta5
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, label_id_palette
+from adapt.data.gta5 import GTA5Dataset
 from adapt.data.labels import IGNORE_INDEX
 from adapt.errors import DataError
 
@@ -30,14 +25,13 @@ def test_label_id_to_train_id_map():
     expected = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label_id, train_id in STANDARD.items():
         expected[label_id] = train_id
-    lut = label_id_to_train_index()
+    lut = CITYSCAPES_CLASSES.lookup_table()  # the label id -> train id table of every Cityscapes layout
     assert lut.dtype == np.uint8 and lut.shape == (256,)
     assert np.array_equal(lut, expected)
     assert (lut[7], lut[8], lut[11], lut[26], lut[33]) == (0, 1, 2, 13, 18)
     assert all(lut[i] == 255 for i in [*range(7), 9, 10, 14, 15, 16, 18, 29, 30, *range(34, 256)])
     assert CITYSCAPES_CLASSES.names == NAMES and CITYSCAPES_CLASSES.num_classes == 19
     assert CITYSCAPES_CLASSES.ids == tuple(STANDARD)
-    assert np.array_equal(CITYSCAPES_CLASSES.lookup_table(), lut)
 
 
 def test_gta5_palettised_labels_read_as_indices(tmp_path):
@@ -51,7 +45,7 @@ def test_gta5_palettised_labels_read_as_indices(tmp_path):
         assert label.mode == "P"
         indices = np.asarray(label)
     assert sample["mask"].dtype == torch.int64
-    assert np.array_equal(sample["mask"].numpy(), label_id_to_train_index()[indices])
+    assert np.array_equal(sample["mask"].numpy(), CITYSCAPES_CLASSES.lookup_table()[indices])
     assert set(np.unique(sample["mask"].numpy())) <= {*range(19), 255}
     colours = cv2.imread(str(tmp_path / "labels" / "00001.png"), cv2.IMREAD_UNCHANGED)  # cv2 expands the palette
     assert colours.shape == (52, 96, 3)
@@ -65,7 +59,7 @@ def test_gta5_grey_labels_and_unlabelled(tmp_path):
     image, mask = GTA5Dataset(tmp_path).load(1)
     ids = np.asarray(Image.open(tmp_path / "labels" / "00002.png"))
     assert image.dtype == np.uint8 and image.shape == (52, 96, 3)
-    assert mask.dtype == np.uint8 and np.array_equal(mask, label_id_to_train_index()[ids])
+    assert mask.dtype == np.uint8 and np.array_equal(mask, CITYSCAPES_CLASSES.lookup_table()[ids])
     shutil.rmtree(tmp_path / "labels")
     dataset = GTA5Dataset(tmp_path, labels=False)
     assert len(dataset) == 2 and "mask" not in dataset[0]
@@ -115,7 +109,7 @@ def test_cityscapes_layout_names_and_mapping(tmp_path):
     assert sample["image"].dtype == torch.float32 and 0 <= sample["image"].min() <= sample["image"].max() <= 1
     ids = np.asarray(Image.open(tmp_path / "gtFine/val/bremen/bremen_000000_000019_gtFine_labelIds.png"))
     assert sample["mask"].dtype == torch.int64
-    assert np.array_equal(sample["mask"].numpy(), label_id_to_train_index()[ids])
+    assert np.array_equal(sample["mask"].numpy(), CITYSCAPES_CLASSES.lookup_table()[ids])
     image = np.array(Image.open(tmp_path / "leftImg8bit/val/bremen/bremen_000000_000019_leftImg8bit.png"))
     assert torch.equal(sample["image"], torch.from_numpy(image).permute(2, 0, 1).float() / 255)
     train = CityscapesDataset(tmp_path, split="train", labels=False)

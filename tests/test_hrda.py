@@ -19,8 +19,10 @@ from adapt.errors import ConfigError
 from adapt.nets.hrda import MultiResolution
 from adapt.nets.segmenter import build_segmenter
 from adapt.tasks import SelfTrainingTask
+from adapt.tasks import ingredients  # its MultiResolution: the recipe's settings; adapt.nets.hrda's: the module
 
 DETAIL = (32, 32)  # in 64 x 64 crops; the context is 32 x 32
+HRDA = ingredients.MultiResolution(detail_crop=DETAIL)
 
 
 def _segmenter(seed: int = 0):
@@ -82,7 +84,7 @@ def test_detail_crops_lie_inside_the_crop_on_the_output_stride():
         (128, 96), torch.Generator().manual_seed(7))
     # in a training step, the student's detail pass sees such a crop of the source batch
     torch.manual_seed(0)
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL, mixing=False)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=HRDA, mixing=None)
     seen = []
     single_scale = task.segmenter.single_scale
     task.segmenter.single_scale = lambda x: seen.append(x) or single_scale(x)
@@ -99,7 +101,7 @@ def test_detail_crops_lie_inside_the_crop_on_the_output_stride():
 @torch.no_grad()
 def test_pseudo_labels_average_overlapping_detail_windows():
     torch.manual_seed(0)
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL, mixing=False)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=HRDA, mixing=None)
     teacher = task.teacher
     x_t = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     context, attention, _ = teacher.multi_resolution.context_pass(teacher, x_t)
@@ -127,9 +129,10 @@ def test_pseudo_labels_average_overlapping_detail_windows():
 
 
 def test_feature_distance_with_hrda_compares_the_contexts_features():
+    # eval: no drop-path draws, so the pass can be repeated by hand
     task = SelfTrainingTask(arch="fpn", encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet",
-                            class_names=NAMES, hrda=True, hrda_detail_crop=(64, 64), lambda_feature_distance=0.005,
-                            mixing=False).eval()  # eval: no drop-path draws, so the pass can be repeated by hand
+                            class_names=NAMES, multi_resolution=ingredients.MultiResolution(detail_crop=(64, 64)),
+                            feature_distance=ingredients.FeatureDistance(), mixing=None).eval()
     with torch.no_grad():  # a student whose encoder has moved away from ImageNet's
         for parameter in task.segmenter.net.encoder.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
@@ -164,7 +167,8 @@ def test_context_pass_returns_the_encoders_deepest_features_for_every_arch(arch,
 
 
 def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair, capsys):
-    recipe = _self_training_recipe(tmp_path, tiny_pair, hrda=True, hrda_detail_crop=list(DETAIL), lambda_entropy=0.1)
+    recipe = _self_training_recipe(tmp_path, tiny_pair, multi_resolution={"detail_crop": list(DETAIL)},
+                                   lambda_entropy=0.1)
     config = yaml.safe_load(recipe.read_text())
     config["trainer"].update(max_steps=2, val_check_interval=2, limit_val_batches=1)  # validates (slide) at step 2
     config["data"]["init_args"].update(batch_size=2)
@@ -179,13 +183,14 @@ def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair,
         assert values and all(math.isfinite(v) for v in values), column
     ckpt_path = next(run_dir.rglob("last.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["hrda"] is True
+    assert ckpt["hyper_parameters"]["multi_resolution"] == {"context_scale": 0.5, "detail_crop": list(DETAIL),
+                                                            "detail_loss_weight": 0.1}
     assert any(k.startswith("segmenter.multi_resolution.") for k in ckpt["state_dict"])
     assert any(k.startswith("teacher.multi_resolution.") for k in ckpt["state_dict"])
 
     out = tmp_path / "eval"
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"),
-                              "--split", "val", "--out", str(out), "--plots", "false", "--protocol", "slide",
+                              "--split", "val", "--output", str(out), "--plots", "false", "--protocol", "slide",
                               "--window", "[64, 64]", "--stride", "[32, 32]")
     assert code == 0, err[-2000:]
     scores = json.loads((out / "metrics.json").read_text())
@@ -195,7 +200,7 @@ def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair,
     from adapt.data import FolderDataset
     from adapt.inference import predict
 
-    segmenter, _ = load_segmenter(ckpt_path)  # the loaded F fuses: the evaluation's mIoU, recomputed with it
+    segmenter = load_segmenter(ckpt_path).segmenter  # the loaded F fuses: the evaluation's mIoU, recomputed with it
     assert segmenter.multi_resolution is not None
     dataset = FolderDataset(tiny_pair / "target", split="val")
     matrix = np.zeros((len(NAMES), len(NAMES)), dtype=np.int64)
@@ -213,6 +218,17 @@ def test_hrda_run_through_the_cli_evaluates_with_the_fusion(tmp_path, tiny_pair,
     assert abs(scores["miou"] - float(np.mean(iou))) < 1e-3
     code, _, err = adapt_main(capsys, "export", "--checkpoint", str(ckpt_path), "--output", str(tmp_path / "f.onnx"))
     assert code == 2 and "is an HRDA (multi-resolution) F" in err and not (tmp_path / "f.onnx").exists(), err[-2000:]
+
+    # a checkpoint written before the ingredients recorded HRDA as hrda: true + hrda_* keys: it still loads fused
+    old = dict(ckpt, hyper_parameters={k: v for k, v in ckpt["hyper_parameters"].items() if k != "multi_resolution"})
+    old["hyper_parameters"].update(hrda=True, hrda_context_scale=0.5, hrda_detail_crop=list(DETAIL),
+                                   hrda_detail_loss_weight=0.1)
+    torch.save(old, tmp_path / "old.ckpt")
+    before = load_segmenter(tmp_path / "old.ckpt").segmenter
+    assert before.multi_resolution is not None and before.multi_resolution.detail_crop == DETAIL
+    x = dataset[0]["image"][None]
+    with torch.no_grad():
+        torch.testing.assert_close(before(x), segmenter(x))
 
 
 def test_a_single_scale_f_starts_an_hrda_one_and_classes_match_by_name():
@@ -233,23 +249,24 @@ def test_a_single_scale_f_starts_an_hrda_one_and_classes_match_by_name():
 
 
 def test_bad_hrda_settings_give_one_line(tmp_path, tiny_pair, capsys):
-    for settings, words in (({"hrda_detail_crop": (40, 40)}, "hrda_detail_crop: [40, 40]; give two positive "
-                                                             "multiples of F's output stride 32"),
-                            ({"hrda_context_scale": 0.3}, "hrda_context_scale: 0.3; give 1/k"),
-                            ({"hrda_detail_loss_weight": 1.5}, "hrda_detail_loss_weight: 1.5")):
+    for settings, words in (({"detail_crop": (40, 40)}, "multi_resolution.detail_crop: [40, 40]; give two positive "
+                                                        "multiples of F's output stride 32"),
+                            ({"context_scale": 0.3}, "multi_resolution.context_scale: 0.3; give 1/k"),
+                            ({"detail_loss_weight": 1.5}, "multi_resolution.detail_loss_weight: 1.5")):
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")) as caught:
-            SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, **settings)
+            SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=settings)
         assert "\n" not in str(caught.value)
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, hrda=True, hrda_detail_crop=DETAIL)
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=HRDA)
     task._trainer = SimpleNamespace(datamodule=SimpleNamespace(crop_size=[64, 64]))
     task.setup("validate")  # validation slides windows of the training crop, as HRDA tests
     assert task.eval_protocol["window"] == [64, 64] and task.eval_protocol["stride"] == [32, 32]
     task._trainer.datamodule.crop_size = [96, 96]  # not a multiple of 64: the half-resolution context would not fit
     with pytest.raises(ConfigError, match=r"crop_size: \[96, 96\].*multiples of 64"):
         task.setup("validate")
-    code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair, hrda=True)),
+    code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair,
+                                                                                 multi_resolution={})),
                               f"--trainer.default_root_dir={tmp_path / 'run'}")  # HRDA's 512 detail, 64 px crops
     assert code == 2 and "Traceback" not in err, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("adapt: error: model.init_args.hrda_detail_crop: [512, 512] is larger than the "
-                           "training crop [64, 64]"), line
+    assert line.startswith("adapt: error: model.init_args.multi_resolution.detail_crop: [512, 512] is larger than "
+                           "the training crop [64, 64]"), line

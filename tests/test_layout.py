@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adapt"
 
 # the layers, bottom to top: a module may import modules of its own layer or below, never above
 LAYERS = [
-    ["adapt", "adapt.errors"],
-    ["adapt.data", "adapt.nets", "adapt.losses", "adapt.metrics", "adapt.intervals", "adapt.inference"],
-    ["adapt.checkpoints", "adapt.report", "adapt.plots", "adapt.recipe"],
+    ["adapt", "adapt.errors", "adapt.signals"],
+    ["adapt.data", "adapt.nets", "adapt.losses", "adapt.metrics", "adapt.intervals", "adapt.inference",
+     "adapt.domain_stats", "adapt.files", "adapt.provenance", "adapt.distributed"],
+    ["adapt.checkpoints", "adapt.report", "adapt.plots", "adapt.recipe", "adapt.catalogue"],
     ["adapt.tasks", "adapt.callbacks"],
     ["adapt.workflows"],
     ["adapt.commands", "adapt.cli"],
@@ -108,7 +109,84 @@ def test_files_stay_under_300_lines_and_no_module_is_named_like_a_test():
 
 
 def test_errors_and_datasets_import_without_lightning():
-    code = ("import sys, adapt.errors, adapt.data, adapt.data.folder, adapt.data.datasets; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning')))")
+    code = ("import sys, adapt.errors, adapt.data, adapt.data.folder, adapt.data.datasets, adapt.nets, adapt.files, "
+            "adapt.provenance, adapt.domain_stats; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+# one owner per concern: each of these functions is defined in its file and nowhere else under adapt/
+OWNERS = {
+    "atomic_write": "files.py", "atomic_save": "files.py", "publish_folder": "files.py",
+    "all_reduce": "distributed.py", "convert_sync_batchnorm": "distributed.py",
+    "versions": "provenance.py", "git_commit": "provenance.py", "rng_state": "provenance.py",
+    "set_rng_state": "provenance.py",
+    "frechet_distance": "domain_stats.py", "domain_classifier_accuracy": "domain_stats.py",
+}
+LIGHTNING = ("pytorch_lightning", "lightning", "lightning_fabric")
+
+
+def definitions(path: Path) -> set[str]:
+    """Names of every function (module level, method or nested) and class defined in a file."""
+    return {n.name for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+def calls(path: Path, module: str, name: str) -> list[int]:
+    """Lines of the file that call ``module.name(...)`` (e.g. ``os.replace``)."""
+    return [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute) and n.func.attr == name
+            and isinstance(n.func.value, ast.Name) and n.func.value.id == module]
+
+
+def top_modules(path: Path) -> set[str]:
+    """Top-level names of every module the file imports (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_each_concern_has_one_owner():
+    """Atomic writes, publishing a folder, the DDP helpers, provenance and the domain statistics each live in one
+    module; everything else calls them (a second copy, even a private one, is a second owner)."""
+    copies = [f"{p.relative_to(PACKAGE.parent)} defines {name} (owner: adapt/{OWNERS[name]})"
+              for p in sorted(PACKAGE.rglob("*.py")) for name in definitions(p) & set(OWNERS)
+              if p.relative_to(PACKAGE).as_posix() != OWNERS[name]]
+    assert not copies, "\n".join(copies)
+    for name, owner in OWNERS.items():
+        assert name in definitions(PACKAGE / owner), f"adapt/{owner} no longer defines {name}"
+
+
+def test_only_adapt_files_renames_into_place():
+    """A rename over a file or folder is how a write is published: only adapt.files does it (atomic_write,
+    publish_folder)."""
+    renames = [f"{p.relative_to(PACKAGE.parent)}:{line}" for p in sorted(PACKAGE.rglob("*.py"))
+               if p != PACKAGE / "files.py" for line in calls(p, "os", "replace") + calls(p, "os", "rename")]
+    assert not renames, renames
+
+
+def test_the_owner_check_catches_a_second_copy(tmp_path):
+    probe = tmp_path / "probe.py"  # as if it were adapt/workflows/probe.py: a private publish helper
+    probe.write_text("import os\n\nclass Out:\n    def atomic_write(self):\n        os.replace('a', 'b')\n")
+    assert definitions(probe) & set(OWNERS) == {"atomic_write"} and calls(probe, "os", "replace") == [5]
+
+
+def test_no_test_tree_writer_ships_in_the_package():
+    """The tiny fake dataset trees are written by tests/trees.py, not by the installed package."""
+    writers = [f"{p.relative_to(PACKAGE.parent)}: {name}" for p in sorted(PACKAGE.rglob("*.py"))
+               for name in definitions(p) if name.startswith("write_tiny")]
+    assert not writers, writers
+    assert "write_tiny_gta5" in definitions(Path(__file__).with_name("trees.py"))
+
+
+def test_nets_and_data_import_no_lightning():
+    """nets/ is plain torch (DDP helpers are in adapt.distributed); in data/ only the LightningDataModule does."""
+    found = [f"{p.relative_to(PACKAGE.parent)} imports {sorted(top_modules(p) & set(LIGHTNING))}"
+             for folder in ("nets", "data") for p in sorted((PACKAGE / folder).rglob("*.py"))
+             if top_modules(p) & set(LIGHTNING) and p != PACKAGE / "data" / "datamodule.py"]
+    assert not found, "\n".join(found)

@@ -11,13 +11,11 @@ import pytest
 import torch
 from conftest import adapt_main
 from PIL import Image
+from trees import write_tiny_acdc, write_tiny_carla, write_tiny_cityscapes, write_tiny_darkzurich, write_tiny_synthia
 
-from adapt.data.acdc import write_tiny_acdc, write_tiny_darkzurich
-from adapt.data.carla import write_tiny_carla
 from adapt.data.check import check_dataset
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, label_id_to_train_index, write_tiny_cityscapes
+from adapt.data.cityscapes import CITYSCAPES_CLASSES
 from adapt.data.datasets import open_dataset
-from adapt.data.synthia import write_tiny_synthia
 from adapt.errors import ConfigError, DataError
 from adapt.metrics import CLASS_SUBSETS, check_class_subsets, summarize
 from adapt.report import per_class_table
@@ -108,7 +106,7 @@ def test_acdc_conditions_and_splits(tmp_path):
         label = night.label_files[i]
         assert label.name == f"{sample['name']}_gt_labelIds.png" and label.parts[-5:-2] == ("gt", "night", "val")
         ids = np.asarray(Image.open(label))
-        np.testing.assert_array_equal(sample["mask"].numpy(), label_id_to_train_index()[ids])
+        np.testing.assert_array_equal(sample["mask"].numpy(), CITYSCAPES_CLASSES.lookup_table()[ids])
     assert len(open_dataset("acdc", str(tmp_path), "fog,snow/train", labels=True)) == 4
     assert len(open_dataset("acdc", str(tmp_path), "test", labels=False)) == 8  # test: no public labels
     with pytest.raises(DataError, match=r"gt/fog/test/.*label not found.*labels=False"):
@@ -127,7 +125,7 @@ def test_darkzurich_night_target_and_labelled_val(tmp_path):
     assert val.split == "val" and val.names == open_dataset("darkzurich", str(tmp_path), "val/night", True).names
     ids = np.asarray(Image.open(tmp_path / "gt" / "val" / "night" / val.images[0].parent.name /
                                 f"{val.names[0]}_gt_labelIds.png"))
-    np.testing.assert_array_equal(val[0]["mask"].numpy(), label_id_to_train_index()[ids])
+    np.testing.assert_array_equal(val[0]["mask"].numpy(), CITYSCAPES_CLASSES.lookup_table()[ids])
     with pytest.raises(DataError, match="only val/night has labels"):
         open_dataset("darkzurich", str(tmp_path), "train/night", labels=True)
 
@@ -254,7 +252,7 @@ def test_evaluate_predictions_with_class_subsets_through_the_cli(tmp_path, capsy
         guess = np.where(rng.random(ids.shape) < 0.5, ids, rng.choice(CITYSCAPES_CLASSES.ids, ids.shape))
         Image.fromarray(guess.astype(np.uint8)).save(preds / path.name)
     code, out, err = adapt_main(capsys, "evaluate", "--predictions", str(preds), "--root", str(root), "--kind",
-                                "cityscapes", "--class_subsets", "[synthia16,synthia13]", "--out", str(tmp_path))
+                                "cityscapes", "--class_subsets", "[synthia16,synthia13]", "--output", str(tmp_path))
     assert code == 0, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key, subset in (("miou_16", "synthia16"), ("miou_13", "synthia13")):
@@ -288,7 +286,7 @@ def test_task_logs_and_evaluate_writes_the_subset_means(tmp_path, capsys):
     ckpt = tmp_path / "f.ckpt"  # the subsets travel with the checkpoint: evaluate reports them unasked
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
     code, out, err = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpt), "--root", str(tmp_path / "synthia"),
-                                "--kind", "synthia", "--plots", "false", "--out", str(tmp_path / "eval"),
+                                "--kind", "synthia", "--plots", "false", "--output", str(tmp_path / "eval"),
                                 "--accelerator", "cpu")
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

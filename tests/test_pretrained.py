@@ -99,8 +99,9 @@ def test_fit_with_imagenet_lite_weights_offline(tmp_path, tiny_pair):
 
 
 def test_every_loader_takes_the_statistics_saved_with_f(segmenter_ckpt, tmp_path):
-    """evaluate, tta, translate (CyCADA's frozen F) and fine-tuning read F through load_segmenter or
-    load_matching: both take the checkpoint's statistics, not the ones the encoder name would give."""
+    """evaluate, predict, export, tta, the translation task's frozen F (CyCADA) and init_from read F through
+    load_segmenter (init_from then load_matching): both take the checkpoint's statistics, not the ones the encoder
+    name would give."""
     from adapt.checkpoints import load_segmenter
     from adapt.nets.segmenter import load_matching
 
@@ -108,7 +109,8 @@ def test_every_loader_takes_the_statistics_saved_with_f(segmenter_ckpt, tmp_path
     checkpoint["state_dict"]["segmenter.mean"] = torch.full((1, 3, 1, 1), 0.25)
     path = tmp_path / "f.ckpt"
     torch.save(checkpoint, path)
-    segmenter, hparams = load_segmenter(path)
+    loaded = load_segmenter(path)
+    segmenter, hparams = loaded.segmenter, loaded.hyper_parameters
     assert torch.equal(segmenter.mean.flatten(), torch.full((3,), 0.25))
     fresh = build_segmenter("fpn", hparams["encoder_name"], None, len(hparams["class_names"]))
     state = {k[len("segmenter."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("segmenter.")}

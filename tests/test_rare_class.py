@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_datamodule
 
 from adapt.data.folder import read_label
-from adapt.data.rare_class import MIN_SHARE, RareClassSampler, class_probabilities, class_stats
-from adapt.errors import DataError
+from adapt.data.rare_class import MIN_SHARE, RareClassSampler, RareClassSampling, class_probabilities, class_stats
+from adapt.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_two_processes_read_what_one_reads(source):
 
 def test_datamodule_samples_source_by_rarity_and_caches_beside_the_run(tiny_pair, tmp_path):
     dm = tiny_datamodule(tiny_pair)
-    dm.rare_class_temperature = 0.01
+    dm.rare_class_sampling = RareClassSampling(temperature=0.01)
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0, default_root_dir=str(tmp_path / "run"),
                                  lightning_module=None)
     dm.setup("fit")
@@ -80,5 +80,14 @@ def test_datamodule_samples_source_by_rarity_and_caches_beside_the_run(tiny_pair
     assert isinstance(loaders["source"].sampler, RareClassSampler)
     assert type(loaders["target"].sampler).__name__ == "ShardedSampler"
     assert (tmp_path / "run" / "rare_class_stats.json").is_file()
-    with pytest.raises(DataError, match="rare_class_temperature"):
-        type(dm)(str(tiny_pair / "source"), str(tiny_pair / "target"), rare_class_temperature=0)
+    with pytest.raises(ConfigError, match=r"data\.init_args\.rare_class_sampling\.temperature: 0; give T > 0"):
+        RareClassSampling(temperature=0)
+    with pytest.raises(DataError, match="rare_class_sampling does not combine with data.init_args.few_shot"):
+        type(dm)(str(tiny_pair / "source"), str(tiny_pair / "target"), few_shot=2,
+                 rare_class_sampling=RareClassSampling())
+    # the hyperparameters record a plain dict, which builds the same data module again
+    recorded = type(dm)(str(tiny_pair / "source"), str(tiny_pair / "target"),
+                        rare_class_sampling=RareClassSampling(0.05)).hparams["rare_class_sampling"]
+    assert recorded == {"temperature": 0.05}
+    assert type(dm)(str(tiny_pair / "source"), str(tiny_pair / "target"),
+                    rare_class_sampling=recorded).rare_class_sampling == RareClassSampling(0.05)

@@ -30,7 +30,7 @@ def test_evaluate_two_roots_writes_reports_and_compares(tiny_pair, segmenter_ckp
     out = tmp_path / "eval"
     code, stdout, stderr = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root",
                                       str(tiny_pair / "target"), "--root+", str(tiny_pair / "source"), "--split", "val",
-                                      "--out", str(out), "--protocol", "slide", "--window", "[48, 48]", "--stride",
+                                      "--output", str(out), "--protocol", "slide", "--window", "[48, 48]", "--stride",
                                       "[32, 32]", "--examples", "4")
     assert code == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -65,10 +65,10 @@ def test_evaluate_two_roots_writes_reports_and_compares(tiny_pair, segmenter_ckp
 def test_evaluate_rejects_mismatched_per_root_options(tiny_pair, segmenter_ckpt, tmp_path, capsys):
     roots = f"[{tiny_pair / 'target'}, {tiny_pair / 'source'}]"
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root", roots, "--split",
-                              "[val, val, train]", "--out", str(tmp_path))
+                              "[val, val, train]", "--output", str(tmp_path))
     assert code == 2 and "--split: 3 values for 2 roots" in err
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(segmenter_ckpt), "--root",
-                              str(tiny_pair / "target"), "--protocol", "slide", "--out", str(tmp_path))
+                              str(tiny_pair / "target"), "--protocol", "slide", "--output", str(tmp_path))
     assert code == 2 and "--window" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
 

@@ -38,7 +38,7 @@ def write_fit_recipe(path, pair, **trainer):
 
 def write_experiment(folder, stage_list, name="e.yaml"):
     path = folder / name
-    path.write_text(yaml.safe_dump({"out": "out", "stages": stage_list}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"output": "out", "stages": stage_list}, sort_keys=False))
     return path.name  # relative: the tests run in ``folder``
 
 
@@ -213,10 +213,10 @@ def test_every_protocol_is_reachable_from_a_stage(tmp_path, tiny_pair, segmenter
     ({"size": "big"}, ["evaluate key 'size': 'big' is not of type tuple[int, int] | None"]),
     ({"examples": "many"}, ["evaluate key 'examples': 'many' is not of type int"]),
     ({"protocol": "sliding"}, ["evaluate key 'protocol': 'sliding' is not of type Literal['full', 'resize', 'slide']"]),
-    ({"out": "x"}, ["evaluate key 'out': the runner sets it"]),
+    ({"output": "x"}, ["evaluate key 'output': the runner sets it"]),
     ({"root": ["a", "b"]}, ["evaluate key 'root': a stage scores one dataset"]),
     ({"num_examples": 3}, ["unknown evaluate key 'num_examples'"]),
-    ({"checkpoint": "${nothing}"}, ["${nothing} names no earlier stage with a checkpoint (known: out)"]),
+    ({"checkpoint": "${nothing}"}, ["${nothing} names no earlier stage with a checkpoint (known: output)"]),
 ])
 def test_a_wrong_key_or_type_names_the_stage_and_the_key(tmp_path, capsys, monkeypatch, spec, words):
     monkeypatch.chdir(tmp_path)
@@ -367,3 +367,13 @@ def test_a_seed_that_is_not_fixed_is_refused(tmp_path, tiny_pair, segmenter_ckpt
     fda_experiment(tmp_path, tiny_pair, segmenter_ckpt)
     code, _, err = adapt_main(capsys, "run", "e.yaml", "--seed_everything=true")
     assert code == 2 and "--seed_everything=true: an experiment needs a fixed seed" in err
+
+
+def test_a_fit_stage_named_by_recipe_name_hashes_that_recipe_file():
+    from adapt.catalogue import recipes_root
+
+    parts = fingerprints.fingerprint_parts("fit", {"fit": "demo/source_only", "args": []}, [], 0, {}, {},
+                                           fingerprints.FileHashes())
+    path = str(recipes_root() / "demo" / "source_only.yaml")
+    assert parts["recipes"] == {path: fingerprints.file_sha256(path)}
+    assert parts["stage"]["fit"] == "demo/source_only"  # the name, wherever adapt is installed

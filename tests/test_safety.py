@@ -1,7 +1,10 @@
 """Never lose a run: SIGTERM and resume, non-finite losses, atomic files, what checkpoints and run.json carry."""
 
 import json
+import os
 import signal
+import sys
+import threading
 import time
 
 import pytest
@@ -60,6 +63,81 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted
 
 
 @pytest.mark.slow
+def test_first_ctrl_c_finishes_the_step_and_writes_a_resumable_checkpoint(tmp_path, tiny_pair):
+    run_dir, marker = tmp_path / "cut", tmp_path / "step.txt"
+    fit = run_adapt("fit", "--config", str(tiny_recipe(tmp_path, tiny_pair)), f"--trainer.default_root_dir={run_dir}",
+                    *RESUMABLE, "--trainer.callbacks+=helpers.Pace", f"--trainer.callbacks.marker={marker}",
+                    helpers=True, background=True)
+    deadline = time.time() + 300
+    while not (marker.is_file() and marker.read_text() and int(marker.read_text()) >= 2):  # epoch 0, batch 1
+        assert fit.poll() is None and time.time() < deadline, fit.communicate()[1][-3000:]
+        time.sleep(0.05)
+    fit.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
+    _, stderr = fit.communicate(timeout=300)
+    assert fit.returncode == 143, stderr[-3000:]
+    assert "Ctrl-C: finishing this step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert 2 <= state["global_step"] < 6 and state["adapt"]["interrupted"] is True  # mid-epoch, a step boundary
+    assert json.loads(next(run_dir.rglob("run.json")).read_text())["status"] == "interrupted"
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:
+    """Let the main thread run Python signal handlers (between bytecodes) until ``condition()`` holds."""
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")
+def test_signal_helpers_ctrl_c_as_sigterm_sigterm_raises_and_forwarding(tmp_path):
+    from adapt.signals import CtrlCAsSigterm, Interrupted, sigterm_raises
+    from adapt.workflows.experiment import run_logged
+
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # stands for Lightning's handler
+    ctrl_c = CtrlCAsSigterm()
+    try:
+        ctrl_c.install()
+        os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: a SIGTERM to this process
+        wait_for(lambda: received)
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):  # second: abort at once
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_for(lambda: False)
+    finally:
+        ctrl_c.restore()
+        signal.signal(signal.SIGTERM, sigterm)
+    assert signal.getsignal(signal.SIGINT) is sigint
+
+    with pytest.raises(Interrupted) as stopped:  # outside Lightning: SIGTERM raises inside the block only
+        with sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_for(lambda: False)
+    assert stopped.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is sigterm
+    assert Interrupted.after(KeyboardInterrupt(), "kept nothing").exit_code == 130
+
+    # adapt run: SIGTERM goes on to the stage's process; Ctrl-C is left to it (this process keeps reading)
+    child = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "signal.signal(signal.SIGTERM, lambda *a: (print('stage: got SIGTERM', flush=True), sys.exit(7))); "
+             "print('ready', flush=True); time.sleep(60)")
+    log = tmp_path / "stage.log"
+
+    def stop_when_ready() -> None:
+        wait_for(lambda: log.is_file() and "ready" in log.read_text().splitlines(), 60)  # the stage's own line
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_ready)
+    stopper.start()
+    code = run_logged([sys.executable, "-c", child], log)
+    stopper.join()
+    assert code == 7 and "stage: got SIGTERM" in log.read_text()
+    assert signal.getsignal(signal.SIGINT) is sigint and signal.getsignal(signal.SIGTERM) is sigterm
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_pair):
     recipe = str(tiny_recipe(tmp_path, tiny_pair))
     run_dir = tmp_path / "run"
@@ -97,8 +175,21 @@ def test_checkpoints_carry_the_recipe_classes_versions_and_load_weights_only(fit
     assert torch.load(next(run_dir.rglob("last.ckpt")), weights_only=True)["global_step"] == 8
 
 
+def test_frozen_translators_stay_out_of_the_checkpoint_and_follow_the_task():
+    from adapt.tasks.segmentation import SegmentationTask
+
+    task = SegmentationTask(arch="fpn", class_names=["a", "b", "c"])
+    before = (set(task.state_dict()), sum(p.numel() for p in task.parameters()))
+    generator = torch.nn.Conv2d(3, 3, 1)
+    task.set_eval_translator(generator)
+    assert task.eval_translator is generator and task.train_translator is None
+    assert (set(task.state_dict()), sum(p.numel() for p in task.parameters())) == before  # not a submodule
+    task.double().on_validation_start()  # frozen nets follow the task's device and precision
+    assert generator.weight.dtype == torch.float64
+
+
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    from adapt.checkpoints import atomic_save
+    from adapt.files import atomic_save
 
     path = tmp_path / "f.ckpt"
     atomic_save({"a": torch.ones(2)}, path)

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from conftest import adapt_main
 from PIL import Image
+from trees import write_tiny_cityscapes
 
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX, label_id_to_train_index, write_tiny_cityscapes
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, LABEL_SUFFIX
 from adapt.workflows.score import score_predictions
 
 SIZE = (64, 128)
@@ -56,7 +57,7 @@ def test_label_ids_match_the_official_evaluator(cityscapes, tmp_path, monkeypatc
     root, preds = cityscapes
     out = tmp_path / "out"
     code, stdout, stderr = adapt_main(capsys, "evaluate", "--predictions", str(preds), "--root", str(root), "--kind",
-                                      "cityscapes", "--split", "val", "--id_type", "label", "--out", str(out))
+                                      "cityscapes", "--split", "val", "--id_type", "label", "--output", str(out))
     assert code == 0, stderr[-3000:]
     assert "mIoU" in stdout and "bicycle" in stdout and str(out / "metrics.json") in stdout
     ours = json.loads((out / "metrics.json").read_text())
@@ -81,7 +82,7 @@ def test_train_ids_score_like_label_ids(cityscapes, tmp_path):
     misses of the true class and false positives of none, as in the label-id run."""
     root, preds = cityscapes
     reference = score_predictions(preds, root, "cityscapes", "val", "label", tmp_path / "ref", verbose=False)
-    lut, rng = label_id_to_train_index(), np.random.default_rng(0)
+    lut, rng = CITYSCAPES_CLASSES.lookup_table(), np.random.default_rng(0)
     train_preds = tmp_path / "train_preds"
     train_preds.mkdir()
     for path in sorted(preds.rglob("*.png")):
@@ -120,7 +121,7 @@ def test_folder_dataset_and_cli_errors(cityscapes, tmp_path, capsys):
     label, pred = np.concatenate([labels[0], labels[2]]), np.concatenate([predicted[0], predicted[2]])
 
     code, out, err = adapt_main(capsys, "evaluate", "--predictions", str(preds), "--root", str(root),
-                                "--split", "val", "--out", str(tmp_path / "out"))
+                                "--split", "val", "--output", str(tmp_path / "out"))
     assert code == 0, err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     valid = np.isin(label, [10, 20, 30])

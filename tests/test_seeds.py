@@ -42,7 +42,7 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_std(tmp_path, tiny_pair
                       "init_args": {"source_root": str(tiny_pair / "source"), "target_root": str(tiny_pair / "target"),
                                     "source_split": "train", "val_split": "val", "batch_size": 2}}
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(recipe))
-    experiment = {"out": str(tmp_path / "out"), "stages": [
+    experiment = {"output": str(tmp_path / "out"), "stages": [
         {"name": "f", "fit": str(tmp_path / "f.yaml")},
         {"name": "target", "evaluate": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "val"}},
         {"name": "adabn", "tta": {"checkpoint": "${f}", "root": str(tiny_pair / "target"), "split": "train",

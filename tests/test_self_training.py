@@ -91,13 +91,17 @@ def _self_training_recipe(tmp_path, pair, **init_args):
 
 
 def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair, segmenter_ckpt, capsys):
-    recipe = _self_training_recipe(tmp_path, tiny_pair, init_from=str(segmenter_ckpt), ema_alpha=0.99,
+    recipe = _self_training_recipe(tmp_path, tiny_pair, init_from=str(segmenter_ckpt), teacher={"ema_alpha": 0.99},
                                    warmup_steps=2, lambda_entropy=0.1)
     run_dir = tmp_path / "run"
     code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
     assert code == 0, err[-3000:]
     ckpt_path = next(run_dir.rglob("last.ckpt"))
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # ingredients recorded as plain dicts
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["teacher"] == {"ema_alpha": 0.99, "pseudo_threshold": 0.968, "confidence_weighting": True}
+    assert (hparams["mixing"], hparams["masking"], hparams["multi_resolution"], hparams["norm"]) == (
+        "classmix", None, None, "train")
     student = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
     teacher = {k[len("teacher."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
     assert student.keys() == teacher.keys()
@@ -107,7 +111,7 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
         assert column in metrics
     out = tmp_path / "eval"
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(ckpt_path), "--root", str(tiny_pair / "target"),
-                              "--split", "val", "--out", str(out), "--plots", "false")
+                              "--split", "val", "--output", str(out), "--plots", "false")
     assert code == 0, err[-2000:]
     from adapt.data import FolderDataset
 
@@ -121,8 +125,8 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
 
 @pytest.mark.slow
 def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair, capsys):
-    recipe = _self_training_recipe(tmp_path, tiny_pair, ema_alpha=0.0, mixing=False, confidence_weighting=False,
-                                   strong_augment=False)
+    recipe = _self_training_recipe(tmp_path, tiny_pair, teacher={"ema_alpha": 0.0, "confidence_weighting": False},
+                                   mixing=None, strong_augment=False)
     run_dir = tmp_path / "run"
     code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
     assert code == 0, err[-3000:]
@@ -137,8 +141,48 @@ def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pa
                                 "--print_config")
     assert code == 0, err[-2000:]
     init_args = yaml.safe_load(out)["model"]["init_args"]
-    assert {"arch", "init_from", "warmup_steps", "ema_alpha", "pseudo_threshold", "mixing"} <= set(init_args)
+    assert {"arch", "init_from", "warmup_steps", "teacher", "mixing", "feature_distance", "masking",
+            "multi_resolution", "norm"} <= set(init_args)
+    assert init_args["teacher"] == {"ema_alpha": 0.999, "pseudo_threshold": 0.968, "confidence_weighting": True}
+    assert init_args["masking"] is None and init_args["norm"] == "train"  # optional ingredients: off by default
     code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
-                              "--model.init_args.ema_alpha=1.5")
-    assert code == 2 and "model.init_args.ema_alpha (1.5)" in err and "must lie in [0, 1)" in err
+                              "--model.init_args.teacher.ema_alpha=1.5")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "adapt: error: model.init_args.teacher.ema_alpha: 1.5; give a value in [0, 1)"), err[-2000:]
+
+
+@pytest.mark.parametrize("section, old, value, new", [
+    ("model", "ema_alpha", 0.99, "model.init_args.teacher.ema_alpha"),
+    ("model", "mask_ratio", 0.7, "model.init_args.masking.ratio"),
+    ("model", "keep_statistics", True, "norm: keep_statistics"),
+    ("model", "hrda", True, "model.init_args.multi_resolution"),
+    ("model", "ignore_index", 255, "removed"),
+    ("data", "rare_class_temperature", 0.01, "data.init_args.rare_class_sampling.temperature")])
+def test_an_old_recipe_key_names_its_new_spelling_in_one_line(tmp_path, tiny_pair, capsys, section, old, value, new):
+    """Recipes written for the flat flags of earlier versions fail before anything runs, naming the key to use."""
+    recipe = _self_training_recipe(tmp_path, tiny_pair)
+    config = yaml.safe_load(recipe.read_text())
+    config[section]["init_args"][old] = value
+    recipe.write_text(yaml.safe_dump(config))
+    code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={tmp_path / 'run'}")
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and len(err.strip().splitlines()) == 1 and old in line and new in line, err[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_ingredients_check_their_values_and_record_plain_dicts():
+    from adapt.errors import ConfigError
+    from adapt.tasks.ingredients import FeatureDistance, Masking, MultiResolution, Teacher, ingredient, record
+
+    for build, key in ((lambda: Teacher(pseudo_threshold=1.0), "teacher.pseudo_threshold: 1.0"),
+                       (lambda: Masking(ratio=0.0), "masking.ratio: 0.0"),
+                       (lambda: Masking(block=1.5), "masking.block: 1.5"),
+                       (lambda: FeatureDistance(weight=0), "feature_distance.weight: 0"),
+                       (lambda: MultiResolution(detail_loss_weight=-0.1), "multi_resolution.detail_loss_weight")):
+        with pytest.raises(ConfigError, match="model.init_args." + key.replace(".", r"\.")):
+            build()
+    stored = record(MultiResolution(detail_crop=(64, 32)))
+    assert stored == {"context_scale": 0.5, "detail_crop": [64, 32], "detail_loss_weight": 0.1}
+    assert ingredient(MultiResolution, stored) == MultiResolution(0.5, [64, 32], 0.1) and record(None) is None
+    assert FeatureDistance().class_indices(["road", "car", "person"]).tolist() == [1, 2]  # DAFormer's things
 

@@ -36,7 +36,7 @@ def _loader(tiny_pair, batch_size=4):
 
 
 def test_adabn_changes_only_batchnorm_buffers_to_the_target_statistics(segmenter_ckpt, tiny_pair):
-    segmenter = load_segmenter(segmenter_ckpt)[0]
+    segmenter = load_segmenter(segmenter_ckpt).segmenter
     before = {k: v.clone() for k, v in segmenter.state_dict().items()}
     inputs = []
     hook = segmenter.net.encoder.bn1.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
@@ -57,7 +57,7 @@ def test_adabn_weighs_every_image_the_same(segmenter_ckpt, tiny_pair, images, ba
     image-weighted mean of the batch variances."""
     dataset = Subset(FolderDataset(tiny_pair / "target", "val", labels=False), range(images))
     loader = statistics_loader(dataset, 4) if images == 5 else DataLoader(dataset, batch_size=4)
-    segmenter = load_segmenter(segmenter_ckpt)[0]
+    segmenter = load_segmenter(segmenter_ckpt).segmenter
     inputs = []
     hook = segmenter.net.encoder.bn1.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
     adabn(segmenter, loader)
@@ -122,7 +122,7 @@ def test_tent_batch_order_follows_the_seed(segmenter_ckpt, tiny_pair, tmp_path):
 
 
 def test_tent_trains_only_batchnorm_and_lowers_entropy(segmenter_ckpt, tiny_pair):
-    segmenter = load_segmenter(segmenter_ckpt)[0]
+    segmenter = load_segmenter(segmenter_ckpt).segmenter
     before = {k: v.clone() for k, v in segmenter.state_dict().items()}
     torch.manual_seed(0)
     entropies = tent(segmenter, _loader(tiny_pair, batch_size=6), steps=12, lr=1e-2)
@@ -145,7 +145,7 @@ def test_adapt_tta_writes_an_evaluable_checkpoint(segmenter_ckpt, tiny_pair, tmp
                        "--output", str(out))
     assert again[0] == 2 and "exists" in again[2]  # never overwrites
     code, _, err = adapt_main(capsys, "evaluate", "--checkpoint", str(out), "--root", str(tiny_pair / "target"),
-                              "--split", "val", "--out", str(tmp_path / "eval"), "--plots", "false")
+                              "--split", "val", "--output", str(tmp_path / "eval"), "--plots", "false")
     assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert isinstance(metrics["miou"], float) and 0 <= metrics["miou"] <= 100

@@ -101,7 +101,7 @@ def write_experiment(tmp_path, pair):
     t_recipe["data"] = f_recipe["data"]
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(f_recipe))
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(t_recipe))
-    experiment = {"out": str(tmp_path / "out"), "stages": [
+    experiment = {"output": str(tmp_path / "out"), "stages": [
         {"name": "f", "fit": str(tmp_path / "f.yaml")},
         {"name": "t", "fit": str(tmp_path / "t.yaml"), "args": ["--model.init_args.segmenter_checkpoint=${f}"]},
         {"name": "plain", "evaluate": {"checkpoint": "${f}", "root": str(pair / "target"), "split": "val"}},
@@ -135,7 +135,7 @@ def test_run_chains_stages_and_skips_finished_ones(tmp_path, tiny_pair, capsys):
     t_ckpt = json.loads((out / "t" / "stage.json").read_text())["checkpoint"]
     assert load_translator(t_ckpt, "source-to-target")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     code, stdout, err = adapt_main(capsys, "translate", "--checkpoint", t_ckpt, "--direction", "source-to-target",
-                                   "--input_root", str(tiny_pair / "source"), "--output_root",
+                                   "--input", str(tiny_pair / "source"), "--output",
                                    str(tmp_path / "translated"))
     assert code == 0 and "wrote 24 translated images" in stdout, err[-3000:]
     from adapt.data import FolderDataset

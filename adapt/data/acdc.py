@@ -18,11 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-from PIL import Image
-
 from adapt.data.cityscapes import PairedDataset
-from adapt.data.folder import Tree
+from adapt.data.pairs import Tree, pair_files
 from adapt.errors import DataError
 
 IMAGE_SUFFIX, LABEL_SUFFIX = "_rgb_anon.png", "_gt_labelIds.png"
@@ -123,16 +120,12 @@ class AnonDataset(PairedDataset):
                  transform: Callable | None = None) -> None:
         super().__init__(root, labels, transform)
         self.split = split or "val"
-        tree = type(self).walk(self.root, self.split)
-        self.names = tree.names
-        self.images = [tree.images[n] for n in self.names]
-        self.label_files = [tree.labels.get(n) or self.root / "gt" / p.parent.relative_to(self.root / "rgb_anon") /
-                            f"{n}{LABEL_SUFFIX}" for n, p in zip(self.names, self.images)]
-        if labels:
-            missing = [p for p in self.label_files if not p.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(self.names)} images have no "
-                                f"label); {self.label_hint}or use the split unlabelled (labels=False)")
+        def label_path(name: str, image: Path) -> Path:  # the image's folder mirrored under gt/
+            return self.root / "gt" / image.parent.relative_to(self.root / "rgb_anon") / f"{name}{LABEL_SUFFIX}"
+
+        pairs = pair_files(type(self).walk(self.root, self.split), labels, label_path, self.root / "rgb_anon",
+                           f"{self.label_hint}or use the split unlabelled (labels=False)")
+        self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files
 
 
 class ACDCDataset(AnonDataset):
@@ -143,40 +136,3 @@ class ACDCDataset(AnonDataset):
 class DarkZurichDataset(AnonDataset):
     walk = staticmethod(walk_darkzurich)
     label_hint = "only val/night has labels (Dark_Zurich_val_anon.zip): pick it "
-
-
-def write_tiny_anon(root: str | Path, folders: Sequence[str], labelled: Sequence[str] = (), per_folder: int = 2,
-                    size: tuple[int, int] = (16, 24), seed: int = 0) -> list[Path]:
-    """Test / demo helper: tiny ACDC / Dark Zurich folders in the official layout: ``per_folder`` random frames in
-    ``ROOT/rgb_anon/FOLDER/GOPRxxxx/`` for each of ``folders`` (``night/val`` for ACDC, ``val/night`` for Dark
-    Zurich), with random ``*_gt_labelIds.png`` (label ids 0..33 and 255) in ``ROOT/gt/FOLDER/GOPRxxxx/`` for those in
-    ``labelled``. Returns the image paths, sorted."""
-    root, rng, paths = Path(root), np.random.default_rng(seed), []
-    for k, folder in enumerate(folders):
-        sequence = f"GOPR{475 + k:04d}"
-        (root / "rgb_anon" / folder / sequence).mkdir(parents=True, exist_ok=True)
-        if folder in labelled:
-            (root / "gt" / folder / sequence).mkdir(parents=True, exist_ok=True)
-        for i in range(per_folder):
-            stem = f"{sequence}_frame_{30 * i + 7:06d}"
-            path = root / "rgb_anon" / folder / sequence / f"{stem}{IMAGE_SUFFIX}"
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-            if folder in labelled:
-                ids = rng.choice(np.r_[0:34, 255], size).astype(np.uint8)
-                Image.fromarray(ids).save(root / "gt" / folder / sequence / f"{stem}{LABEL_SUFFIX}")
-            paths.append(path)
-    return sorted(paths)
-
-
-def write_tiny_acdc(root: str | Path, splits: Sequence[str] = ("train", "val", "test"), per_folder: int = 2,
-                    size: tuple[int, int] = (16, 24), seed: int = 0) -> list[Path]:
-    """Tiny ACDC: every condition x ``splits``; train and val labelled (as gt_trainval.zip), test not."""
-    folders = [f"{c}/{s}" for c in ACDC_CONDITIONS for s in splits]
-    return write_tiny_anon(root, folders, [f for f in folders if not f.endswith("/test")], per_folder, size, seed)
-
-
-def write_tiny_darkzurich(root: str | Path, per_folder: int = 2, size: tuple[int, int] = (16, 24),
-                          seed: int = 0) -> list[Path]:
-    """Tiny Dark Zurich: unlabelled ``train/{day,twilight,night}``, labelled ``val/night``."""
-    folders = [*(f"train/{t}" for t in DARKZURICH_TIMES), "val/night"]
-    return write_tiny_anon(root, folders, ["val/night"], per_folder, size, seed)

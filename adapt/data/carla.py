@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from adapt.data.flat import FlatDataset, walk_flat
-from adapt.data.folder import Tree
-from adapt.data.labels import IGNORE_INDEX
+from adapt.data.labels import lookup_table, value_mask
+from adapt.data.pairs import Tree
 from adapt.errors import DataError
 
 CarlaTags = Literal["0.9.14", "0.9.13"]
@@ -43,17 +43,12 @@ LAYOUT = ("a CARLA dataset needs ROOT/rgb/NAME.png (RGB camera) and ROOT/semanti
 
 def carla_lut(tags: CarlaTags = "0.9.14") -> np.ndarray:
     """uint8 [256]: CARLA tag -> Cityscapes train id, or 255, for the tag table of CARLA ``tags``."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for tag, train_id in CARLA_TO_TRAIN[tags].items():
-        lut[tag] = train_id
-    return lut
+    return lookup_table(CARLA_TO_TRAIN[tags])
 
 
 def carla_valid(tags: CarlaTags = "0.9.14") -> np.ndarray:
     """bool [256]: the tags of the table (0..28 from 0.9.14, 0..22 before)."""
-    valid = np.zeros(256, dtype=bool)
-    valid[: TAG_COUNT[tags]] = True
-    return valid
+    return value_mask(range(TAG_COUNT[tags]))
 
 
 def read_carla_label(path: Path) -> np.ndarray:
@@ -100,26 +95,3 @@ class CarlaDataset(FlatDataset):
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_carla_label(path)
-
-
-def write_tiny_carla(root: str | Path, num: int = 3, size: tuple[int, int] = (16, 24), seed: int = 0,
-                     tags: CarlaTags = "0.9.14") -> None:
-    """Test / demo helper: tiny CARLA frames in the raw layout: 4-channel ``rgb/NAME.png`` and ``semantic/NAME.png``
-    as CARLA's ``save_to_disk`` writes them (BGRA). The red channel holds tags of the ``tags`` table (every tag in the
-    first frame's first pixels, random tags after); green and blue hold random values (an instance camera's ids), so
-    reading any channel but red is wrong."""
-    root, rng = Path(root), np.random.default_rng(seed)
-    (root / "rgb").mkdir(parents=True, exist_ok=True)
-    (root / "semantic").mkdir(parents=True, exist_ok=True)
-    alpha = np.full(size, 255, np.uint8)
-    for i in range(num):
-        name = f"{1000 + 7 * i:08d}.png"  # CARLA names frames by their number
-        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        tag = rng.integers(0, TAG_COUNT[tags], size).astype(np.uint8)
-        if i == 0:
-            tag.reshape(-1)[: TAG_COUNT[tags]] = np.arange(TAG_COUNT[tags], dtype=np.uint8)
-        noise = rng.integers(0, 256, (*size, 2), dtype=np.uint8)
-        ok = cv2.imwrite(str(root / "rgb" / name), np.dstack([rgb[..., ::-1], alpha]))
-        ok &= cv2.imwrite(str(root / "semantic" / name), np.dstack([noise[..., 0], noise[..., 1], tag, alpha]))
-        if not ok:
-            raise DataError(f"{root}: cannot write the tiny CARLA frames")

@@ -13,14 +13,14 @@ makes them), so this loader always maps label ids to the 19 train ids with a 256
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
-from PIL import Image
 
-from adapt.data.folder import ImageLabelDataset, Tree
-from adapt.data.labels import IGNORE_INDEX, ClassSet, default_palette
+from adapt.data.folder import ImageLabelDataset
+from adapt.data.labels import ClassSet, default_palette, value_mask
+from adapt.data.pairs import Tree, pair_files, read_list_file
 from adapt.errors import DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -38,16 +38,14 @@ def _train_labels() -> list:
 
 
 CITYSCAPES_CLASSES = ClassSet(tuple(l.name for l in _train_labels()), tuple(l.id for l in _train_labels()))
-"""The 19 Cityscapes train classes; ``ids`` are their label ids (the values in ``*_labelIds.png`` and GTA5 labels)."""
+"""The 19 Cityscapes train classes; ``ids`` are their label ids (the values in ``*_labelIds.png`` and GTA5 labels),
+so ``CITYSCAPES_CLASSES.lookup_table()`` is the label id -> train id table (every other value -> 255)."""
 
 
-def label_id_to_train_index() -> np.ndarray:
-    """uint8 [256]: Cityscapes label id -> train id (0..18), or 255 for every other value (from the official table)."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for label in _CITYSCAPES_LABELS:
-        if 0 <= label.id < 256 and 0 <= label.trainId < 255 and not label.ignoreInEval:
-            lut[label.id] = label.trainId
-    return lut
+def label_id_values() -> np.ndarray:
+    """bool [256]: the values a Cityscapes-style label file may hold: every label id of the official table (0..33,
+    the unevaluated ones included) and 255."""
+    return value_mask([label.id for label in _CITYSCAPES_LABELS] + [CITYSCAPES_CLASSES.ignore_index])
 
 
 def label_id_palette() -> np.ndarray:
@@ -65,25 +63,6 @@ def class_palette(class_names: list[str]) -> np.ndarray:
     if list(class_names) == list(CITYSCAPES_CLASSES.names):
         return label_id_palette()[list(CITYSCAPES_CLASSES.ids)]
     return default_palette(len(class_names))
-
-
-def read_list_file(list_file: str | Path, suffix: str = "") -> list[str]:
-    """Stems listed in ``list_file``, one per line: a path (any folders, with or without ``.png``) or a bare stem;
-    a trailing ``suffix`` (e.g. ``_leftImg8bit``) is removed. Blank lines and ``#`` comments are skipped."""
-    list_file = Path(list_file)
-    if not list_file.is_file():
-        raise DataError(f"{list_file}: list file not found; give an existing file of image names, one per line")
-    stems = []
-    for line in list_file.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = line.replace("\\", "/").rsplit("/", 1)[-1]
-        name = name[:-4] if name.lower().endswith((".png", ".jpg")) else name
-        stems.append(name[: -len(suffix)] if suffix and name.endswith(suffix) else name)
-    if not stems:
-        raise DataError(f"{list_file}: list file is empty; list at least one image")
-    return stems
 
 
 def walk_cityscapes(root: Path, split: str = "val") -> Tree:
@@ -132,41 +111,12 @@ class CityscapesDataset(PairedDataset):
                  transform: Callable | None = None, list_file: str | Path | None = None) -> None:
         super().__init__(root, labels, transform)
         self.split = split
-        image_dir = self.root / "leftImg8bit" / split
-        images = walk_cityscapes(self.root, split).images
+        tree = walk_cityscapes(self.root, split)
         if list_file is not None:
-            names = read_list_file(list_file, suffix="_leftImg8bit")
-            missing = [n for n in names if n not in images]
-            if missing:
-                raise DataError(f"{list_file}: {len(missing)} listed images are not in {image_dir} "
-                                f"(first: {missing[0]})")
-        else:
-            names = list(images)
-        self.names = names
-        self.images = [images[n] for n in names]
-        self.label_files = [self.root / "gtFine" / split / p.parent.name / f"{n}{LABEL_SUFFIX}"
-                            for n, p in zip(names, self.images)]
-        if labels:
-            missing = [p for p in self.label_files if not p.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
-                                "label); unpack gtFine_trainvaltest.zip into ROOT or use labels=False")
+            tree.names = read_list_file(list_file, suffix="_leftImg8bit")
+        def label_path(name: str, image: Path) -> Path:  # gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png
+            return self.root / "gtFine" / split / image.parent.name / f"{name}{LABEL_SUFFIX}"
 
-
-def write_tiny_cityscapes(root: str | Path, split: str = "val", cities: Sequence[str] = ("aachen", "bremen"),
-                          per_city: int = 2, size: tuple[int, int] = (64, 128), seed: int = 0) -> list[Path]:
-    """Test / demo helper: a tiny fake Cityscapes split in the official layout (random RGB images, random
-    ``*_gtFine_labelIds.png`` with label ids drawn from 0..33, as real gtFine files hold). Returns the image paths, sorted."""
-    root, rng, paths = Path(root), np.random.default_rng(seed), []
-    for city in cities:
-        (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
-        (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        for i in range(per_city):
-            stem = f"{city}_{i:06d}_000019"
-            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            label = rng.integers(0, 34, size).astype(np.uint8)
-            path = root / "leftImg8bit" / split / city / f"{stem}{IMAGE_SUFFIX}"
-            Image.fromarray(image).save(path)
-            Image.fromarray(label).save(root / "gtFine" / split / city / f"{stem}{LABEL_SUFFIX}")
-            paths.append(path)
-    return sorted(paths)
+        pairs = pair_files(tree, labels, label_path, self.root / "leftImg8bit" / split,
+                           "unpack gtFine_trainvaltest.zip into ROOT or use labels=False", list_file)
+        self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files

@@ -23,7 +23,7 @@ from adapt.data.augment import build_augment, seed_augment
 from adapt.data.datasets import DatasetKind, dataset_classes, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.data.labels import ClassSet
-from adapt.data.rare_class import RareClassSampler, class_stats
+from adapt.data.rare_class import RareClassSampler, RareClassSampling, class_stats
 from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
 from adapt.errors import DataError
 
@@ -68,11 +68,14 @@ class DomainDataModule(pl.LightningDataModule):
         few_shot_split: the labelled split of ``target_root`` to draw them from; it may not share an image with
             the validation split.
         few_shot_repeat: how often each drawn image appears per epoch (a few images among many source ones).
-        rare_class_temperature: rare-class sampling of source images (DAFormer's RCS, ``adapt.data.rare_class``;
-            DAFormer: 0.01): draw a class by rarity, then an image showing it; None draws a plain shuffle. Class
-            pixel counts are read once and cached in ``rare_class_stats.json`` under the trainer's
-            ``default_root_dir``.
+        rare_class_sampling: rare-class sampling of source images (DAFormer's RCS, ``adapt.data.rare_class``):
+            ``{temperature: 0.01}`` draws a class by rarity, then an image showing it; null draws a plain shuffle.
+            Class pixel counts are read once and cached in ``rare_class_stats.json`` under the trainer's
+            ``default_root_dir``. Does not combine with ``few_shot``.
     """
+
+    # recipe keys of earlier versions -> their spelling now (adapt.recipe names it in a one-line error)
+    renamed_arguments: dict[str, str] = {"rare_class_temperature": "rare_class_sampling.temperature"}
 
     def __init__(self, source_root: str, target_root: str, source_split: str | None = None,
                  target_split: str | None = None, val_root: str | None = None, val_split: str | None = None,
@@ -81,9 +84,14 @@ class DomainDataModule(pl.LightningDataModule):
                  persistent_workers: bool = False, source_kind: DatasetKind = "folder",
                  target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None, few_shot: int = 0,
                  few_shot_split: str | None = None, few_shot_repeat: int = 1,
-                 bad_images: Literal["stop", "skip"] = "stop", rare_class_temperature: float | None = None) -> None:
+                 bad_images: Literal["stop", "skip"] = "stop",
+                 rare_class_sampling: RareClassSampling | None = None) -> None:
+        sampling = RareClassSampling(**rare_class_sampling) if isinstance(rare_class_sampling, dict) else \
+            rare_class_sampling  # a dict: from saved hyperparameters
+        rare_class_sampling = None if sampling is None else vars(sampling)  # the hyperparameters record a plain dict
         super().__init__()
         self.save_hyperparameters()
+        self.rare_class_sampling = sampling
         self.source_kind, self.target_kind = source_kind, target_kind
         self.source_root, self.target_root = source_root, target_root
         self.source_split, self.target_split = source_split, target_split
@@ -98,10 +106,9 @@ class DomainDataModule(pl.LightningDataModule):
             raise DataError(f"data.bad_images: {bad_images!r}; choose stop or skip")
         self.bad_images = bad_images
         self.resume_position: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
-        if rare_class_temperature is not None and (rare_class_temperature <= 0 or few_shot):
-            raise DataError(f"data.rare_class_temperature ({rare_class_temperature}) must be > 0 (DAFormer: 0.01), "
-                            "and rare-class sampling does not combine with data.few_shot; drop one of them")
-        self.rare_class_temperature = rare_class_temperature
+        if self.rare_class_sampling is not None and few_shot:
+            raise DataError("data.init_args.rare_class_sampling does not combine with data.init_args.few_shot; drop "
+                            "one of them")
         if few_shot < 0 or few_shot_repeat < 1:
             raise DataError(f"data.few_shot ({few_shot}) must be >= 0 and data.few_shot_repeat ({few_shot_repeat}) "
                             ">= 1")
@@ -192,10 +199,10 @@ class DomainDataModule(pl.LightningDataModule):
             if len(dataset) < self.batch_size * world_size:
                 raise DataError(f"{dataset.root}: {len(dataset)} {name} images, fewer than batch_size "
                                 f"{self.batch_size} x {world_size} processes; lower data.batch_size")
-            if name == "source" and self.rare_class_temperature is not None:
+            if name == "source" and self.rare_class_sampling is not None:
                 cache = Path(trainer.default_root_dir) / "rare_class_stats.json" if trainer else None
                 pixels = class_stats(dataset, len(self.classes.names), cache)
-                sampler = RareClassSampler(dataset, pixels, self.rare_class_temperature, world_size, rank,
+                sampler = RareClassSampler(dataset, pixels, self.rare_class_sampling.temperature, world_size, rank,
                                            seed=global_seed(), stream=stream)
             else:
                 sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
 from adapt.data.acdc import ACDCDataset, DarkZurichDataset, walk_acdc, walk_darkzurich
 from adapt.data.carla import CarlaDataset, carla_lut, carla_valid, read_carla_label, walk_carla
-from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, walk_cityscapes
-from adapt.data.folder import FolderDataset, ImageLabelDataset, Tree, read_label, walk_folder
+from adapt.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataset, label_id_values, walk_cityscapes
+from adapt.data.folder import FolderDataset, ImageLabelDataset, read_label, walk_folder
 from adapt.data.gta5 import GTA5Dataset, walk_gta5
 from adapt.data.labels import ClassSet
+from adapt.data.pairs import Tree
 from adapt.data.synthia import SynthiaDataset, read_synthia_label, synthia_lut, synthia_valid, walk_synthia
 from adapt.errors import DataError
 
@@ -87,29 +87,19 @@ class LabelFormat:
     valid: np.ndarray
 
 
-def _valid(ids: list[int], ignore: int | None = None) -> np.ndarray:
-    valid = np.zeros(256, dtype=bool)
-    valid[[i for i in ids if 0 <= i < 256]] = True
-    if ignore is not None and 0 <= ignore < 256:
-        valid[ignore] = True
-    return valid
-
-
 def label_format(kind: str, root: Path, split: str | None = None) -> LabelFormat:
     """The walk of ``root`` in layout ``kind`` and how its labels read (``adapt data check``). DataError when
     ``root`` lacks what the layout needs."""
     match kind:
         case "folder":
             tree, classes = walk_folder(root, split), ClassSet.from_yaml(root / "classes.yaml")
-            return LabelFormat(tree, split, classes, read_label, classes.lookup_table(),
-                               _valid(list(classes.ids), classes.ignore_index))
+            return LabelFormat(tree, split, classes, read_label, classes.lookup_table(), classes.valid_values())
         case "gta5" | "cityscapes" | "acdc" | "darkzurich":
             split = (split or "val") if kind != "gta5" else split
             walk = {"gta5": walk_gta5, "cityscapes": walk_cityscapes, "acdc": walk_acdc,
                     "darkzurich": walk_darkzurich}[kind]
             return LabelFormat(walk(root, split), split, CITYSCAPES_CLASSES, read_label,
-                               CITYSCAPES_CLASSES.lookup_table(),
-                               _valid([label.id for label in _CITYSCAPES_LABELS], CITYSCAPES_CLASSES.ignore_index))
+                               CITYSCAPES_CLASSES.lookup_table(), label_id_values())
         case "synthia":
             return LabelFormat(walk_synthia(root, split), split, CITYSCAPES_CLASSES, read_synthia_label,
                                synthia_lut(), synthia_valid())

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from adapt.data.cityscapes import PairedDataset, read_list_file
-from adapt.data.folder import Tree, images_in
+from adapt.data.cityscapes import PairedDataset
+from adapt.data.pairs import Tree, images_in, pair_files, read_list_file
 from adapt.errors import DataError
 
 
@@ -45,16 +45,7 @@ class FlatDataset(PairedDataset):
                  list_file: str | Path | None, walk: Callable[[Path, str | Path | None], Tree]) -> None:
         super().__init__(root, labels, transform)
         self.split = None if list_file is None else str(list_file)
-        tree = walk(self.root, list_file)
-        absent = [n for n in tree.names if n not in tree.images]
-        if absent:
-            raise DataError(f"{list_file}: {len(absent)} listed images are not in {self.root / self.image_sub} "
-                            f"(first: {absent[0]})")
-        self.names = list(tree.names)
-        self.images = [tree.images[n] for n in self.names]
-        self.label_files = [tree.labels.get(n, self.root / self.label_sub / f"{n}.png") for n in self.names]
-        if labels:
-            missing = [p for p in self.label_files if not p.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(self.names)} images have no "
-                                "label); add the labels, list only labelled images, or use labels=False")
+        pairs = pair_files(walk(self.root, list_file), labels,
+                           lambda name, image: self.root / self.label_sub / f"{name}.png", self.root / self.image_sub,
+                           "add the labels, list only labelled images, or use labels=False", list_file)
+        self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files

@@ -6,7 +6,6 @@ Optional split lists: ``ROOT/splits/SPLIT.txt``, one NAME per line.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -19,33 +18,8 @@ from torch.utils.data import Dataset
 
 from adapt.data.augment import seed_augment
 from adapt.data.labels import ClassSet
+from adapt.data.pairs import Tree, images_in, labels_in, pair_files, read_list_file
 from adapt.errors import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-@dataclass
-class Tree:
-    """The files of one set of a dataset, as its layout's walk finds them (the one walk of each layout, shared by
-    the datasets and ``adapt data check``): ``names`` to read, in order; name -> image file and name -> label
-    file (existing files only); ``orphans``: label files that belong to no image."""
-
-    names: list[str]
-    images: dict[str, Path]
-    labels: dict[str, Path]
-    orphans: list[Path] = field(default_factory=list)
-
-
-def images_in(image_dir: Path) -> dict[str, Path]:
-    """name (stem) -> image file of the .png/.jpg files in ``image_dir``, sorted; {} when it holds none."""
-    return {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-
-
-def labels_in(label_dir: Path, images: dict[str, Path]) -> tuple[dict[str, Path], list[Path]]:
-    """(name -> label file, label files whose name has no image) of the .png files in ``label_dir`` (none when
-    it is missing), sorted."""
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.png"))} if label_dir.is_dir() else {}
-    return labels, [p for n, p in labels.items() if n not in images]
 
 
 def walk_folder(root: Path, split: str | None = None) -> Tree:
@@ -56,14 +30,10 @@ def walk_folder(root: Path, split: str | None = None) -> Tree:
         raise DataError(f"{image_dir}: folder not found; a folder dataset needs ROOT/images, ROOT/labels "
                         "and ROOT/classes.yaml (check the path)")
     images = images_in(image_dir)
-    names = list(images)
-    if split is not None:
-        split_file = root / "splits" / f"{split}.txt"
-        if not split_file.is_file():
-            raise DataError(f"{split_file}: split list not found; give an existing split or none")
-        names = [n.strip() for n in split_file.read_text().splitlines() if n.strip()]
-    if not images or not names:
-        raise DataError(f"{image_dir}: no .png/.jpg images found{f' for split {split!r}' if split else ''}")
+    if not images:
+        raise DataError(f"{image_dir}: no .png/.jpg images found")
+    names = list(images) if split is None else read_list_file(
+        root / "splits" / f"{split}.txt", what="split list", hint="give an existing split or none")
     return Tree(names, images, *labels_in(root / "labels", images))
 
 
@@ -198,28 +168,12 @@ class FolderDataset(ImageLabelDataset):
         super().__init__(root, labels, transform)
         self.split = split
         tree = walk_folder(self.root, split)
-        image_dir = self.root / "images"
         class_file = self.root / "classes.yaml"
         self.classes = ClassSet.from_yaml(class_file) if labels or class_file.is_file() else None
         if self.classes is not None:
-            self.known_values = np.zeros(256, dtype=bool)
-            ignore = [self.classes.ignore_index] if 0 <= self.classes.ignore_index < 256 else []
-            self.known_values[[*self.classes.ids, *ignore]] = True
-        images, names = tree.images, tree.names
-        missing = [n for n in names if n not in images]
-        if missing:
-            raise DataError(f"{self.root / 'splits' / f'{split}.txt'}: {len(missing)} listed images are not in "
-                            f"{image_dir} (first: {missing[0]})")
-        self.names = names
-        self.images = [images[n] for n in names]
-        self.label_files = [self.root / "labels" / f"{n}.png" for n in names]
-        if labels:
-            missing = [p for p in self.label_files if not p.is_file()]
-            if missing:
-                raise DataError(f"{missing[0]}: label not found ({len(missing)} of {len(names)} images have no "
-                                "label); add the labels or use the folder as an unlabelled target")
-            label_dir = self.root / "labels"
-            orphans = [] if split is not None else tree.orphans
-            if orphans:
-                raise DataError(f"{orphans[0]}: label without an image ({len(orphans)} labels in {label_dir} have "
-                                f"no image in {image_dir}); add the images or remove the labels")
+            self.known_values = self.classes.valid_values()
+        pairs = pair_files(tree, labels, lambda name, image: self.root / "labels" / f"{name}.png",
+                           self.root / "images", "add the labels or use the folder as an unlabelled target",
+                           list_file=None if split is None else self.root / "splits" / f"{split}.txt",
+                           refuse_orphans=split is None)
+        self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files

@@ -14,26 +14,18 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-from PIL import Image
-
-from adapt.data.cityscapes import PairedDataset, label_id_palette, read_list_file
-from adapt.data.folder import Tree, images_in, labels_in
+from adapt.data.cityscapes import PairedDataset
+from adapt.data.flat import walk_flat
+from adapt.data.pairs import Tree, pair_files
 from adapt.errors import DataError
+
+LAYOUT = "GTA5 needs ROOT/images/NNNNN.png and ROOT/labels/NNNNN.png (unpack the image and label archives into ROOT)"
 
 
 def walk_gta5(root: Path, list_file: str | Path | None = None) -> Tree:
-    """The GTA5 download layout: ``root/images/NNNNN.png``, ``root/labels/NNNNN.png``; ``names``: the list file's
-    stems (in its order) or every image. DataError when ``images/`` is missing or empty."""
-    image_dir = root / "images"
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: folder not found; GTA5 needs ROOT/images/NNNNN.png and "
-                        "ROOT/labels/NNNNN.png (unpack the image and label archives into ROOT, check root)")
-    images = images_in(image_dir)
-    if not images:
-        raise DataError(f"{image_dir}: no .png/.jpg images found")
-    names = read_list_file(list_file) if list_file is not None else list(images)
-    return Tree(names, images, *labels_in(root / "labels", images))
+    """The GTA5 download layout, a flat one: ``root/images/NNNNN.png``, ``root/labels/NNNNN.png``; ``names``: the
+    list file's stems (in its order) or every image. DataError when ``images/`` is missing or empty."""
+    return walk_flat(root, "images", "labels", list_file, LAYOUT)
 
 
 class GTA5Dataset(PairedDataset):
@@ -59,55 +51,16 @@ class GTA5Dataset(PairedDataset):
     def __init__(self, root: str | Path, labels: bool = True, transform: Callable | None = None,
                  list_file: str | Path | None = None) -> None:
         super().__init__(root, labels, transform)
-        image_dir, label_dir = self.root / "images", self.root / "labels"
+        label_dir = self.root / "labels"
         tree = walk_gta5(self.root, list_file)
-        images = tree.images
-        self.unpaired: list[str] = []
-        all_images = set(images)
-        if labels:
-            if not label_dir.is_dir():
-                raise DataError(f"{label_dir}: folder not found; unpack the GTA5 label archives into ROOT "
-                                "or use labels=False")
-            label_stems = set(tree.labels)
-            self.unpaired = sorted(set(images) ^ label_stems)
-            images = {n: p for n, p in images.items() if n in label_stems}
-            if not images:
-                raise DataError(f"{self.root}: no image in {image_dir} has a label of the same name in {label_dir} "
-                                f"({len(self.unpaired)} unpaired files); check that both folders hold NNNNN.png")
-        if list_file is not None:
-            names = tree.names
-            absent = [n for n in names if n not in all_images]
-            if absent:
-                raise DataError(f"{list_file}: {len(absent)} listed images are not in {image_dir} "
-                                f"(first: {absent[0]})")
-            names = [n for n in names if n in images]  # listed images without a label are unpaired: skipped
-            if not names:
-                raise DataError(f"{list_file}: none of the listed images has a label in {label_dir}")
-        else:
-            names = list(images)
+        if labels and not label_dir.is_dir():
+            raise DataError(f"{label_dir}: folder not found; unpack the GTA5 label archives into ROOT "
+                            "or use labels=False")
+        pairs = pair_files(tree, labels, lambda name, image: label_dir / f"{name}.png", self.root / "images",
+                           "check that both folders hold NNNNN.png", list_file, skip_unlabelled=True)
+        self.unpaired = pairs.unpaired
         if self.unpaired:
             warnings.warn(f"{self.root}: skipping {len(self.unpaired)} unpaired GTA5 files (images without a label "
-                          f"or labels without an image; first: {self.unpaired[0]}); {len(names)} pairs remain",
+                          f"or labels without an image; first: {self.unpaired[0]}); {len(pairs.names)} pairs remain",
                           stacklevel=2)
-        self.names = names
-        self.images = [images[n] for n in names]
-        self.label_files = [label_dir / f"{n}.png" for n in names]
-
-
-def write_tiny_gta5(root: str | Path, num: int = 4, size: tuple[int, int] = (52, 96), seed: int = 0,
-                    palette: bool = True) -> None:
-    """Test / demo helper: a tiny fake GTA5 in the download layout (``images/00001.png``...). Labels hold random
-    label ids 0..33; with ``palette=True`` they are palettised like the real ones (mode "P" with the Cityscapes
-    colours, so a colour differs from its index and ``cv2.imread`` would give the wrong answer), else mode "L"."""
-    root, rng = Path(root), np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels").mkdir(parents=True, exist_ok=True)
-    for i in range(1, num + 1):
-        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        Image.fromarray(image).save(root / "images" / f"{i:05d}.png")
-        ids = rng.integers(0, 34, size, dtype=np.uint8)
-        label = Image.fromarray(ids)  # mode "L"
-        if palette:
-            label = Image.frombytes("P", (size[1], size[0]), ids.tobytes())
-            label.putpalette(label_id_palette().tobytes())
-        label.save(root / "labels" / f"{i:05d}.png")
+        self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files

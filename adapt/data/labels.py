@@ -7,6 +7,7 @@ unknown ids) becomes ``IGNORE_INDEX`` (255).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,23 @@ import yaml
 from adapt.errors import DataError
 
 IGNORE_INDEX = 255
+
+
+def lookup_table(to_train: Mapping[int, int], size: int = 256) -> np.ndarray:
+    """uint8 [size]: label-file value -> train index for the values of ``to_train``, IGNORE_INDEX for every other
+    value (size 256 for 8-bit labels, 65536 for 16-bit ones). The one builder of every layout's table (and of
+    ``adapt predict``'s way back, train index -> Cityscapes label id)."""
+    lut = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+    lut[list(to_train)] = np.fromiter(to_train.values(), dtype=np.uint8, count=len(to_train))
+    return lut
+
+
+def value_mask(values: Iterable[int], size: int = 256) -> np.ndarray:
+    """bool [size]: True at the label-file values a layout allows (``values`` outside 0..size-1 are left out).
+    The one builder of the valid-value masks (the folder dataset's check, ``adapt data check``)."""
+    mask = np.zeros(size, dtype=bool)
+    mask[[v for v in values if 0 <= v < size]] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,11 @@ class ClassSet:
 
     def lookup_table(self) -> np.ndarray:
         """uint8 [256]: label-file value -> train index (0..C-1) or IGNORE_INDEX."""
-        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-        lut[list(self.ids)] = np.arange(self.num_classes, dtype=np.uint8)
-        return lut
+        return lookup_table(dict(zip(self.ids, range(self.num_classes))))
+
+    def valid_values(self) -> np.ndarray:
+        """bool [256]: the values a label file may hold: the class ids and ``ignore_index`` (when below 256)."""
+        return value_mask([*self.ids, self.ignore_index])
 
     def palette(self) -> np.ndarray:
         """uint8 [C, 3] RGB colours, one per train index (deterministic, well separated)."""

@@ -4,11 +4,13 @@ A class ``c`` with pixel frequency ``f_c`` over the source labels is drawn with 
 ``P(c) = exp((1 - f_c) / T) / sum_k exp((1 - f_k) / T)`` (temperature ``T``; DAFormer: 0.01), then one image among
 those holding at least ``MIN_SHARE`` of their pixels in ``c``, uniformly. Frequencies are counted once from the
 label files and cached as JSON (``class_stats``); ``RareClassSampler`` turns them into a training order.
+``RareClassSampling`` is the recipe's ingredient (``data.init_args.rare_class_sampling``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -16,8 +18,26 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from adapt.data.sampling import RARE, ShardedSampler, derive_seed, sample_seed
+from adapt.errors import ConfigError
 
 MIN_SHARE = 3000 / (1914 * 1052)  # DAFormer's 3000 pixels of a GTA5 frame, as a share of any image
+
+
+@dataclass(frozen=True)
+class RareClassSampling:
+    """DAFormer's rare-class sampling of the source images (the data module's ``rare_class_sampling``; null: a
+    plain shuffle).
+
+    Args:
+        temperature: T > 0 of ``P(c)`` (smaller: rarer classes drawn more often; DAFormer: 0.01).
+    """
+
+    temperature: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"data.init_args.rare_class_sampling.temperature: {self.temperature}; give T > 0 "
+                              "(DAFormer: 0.01)")
 
 
 def class_stats(dataset: Dataset, num_classes: int, cache: Path | None = None) -> np.ndarray:

@@ -228,14 +228,14 @@ def render_image(label: np.ndarray, style: str, rng: np.random.Generator) -> np.
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_pair(out: str, num_images: int = 200, size: tuple[int, int] = (96, 128), seed: int = 0,
+def write_pair(output: str, num_images: int = 200, size: tuple[int, int] = (96, 128), seed: int = 0,
                val_fraction: float = 0.25) -> tuple[Path, Path]:
-    """Write the embedded synthetic domain pair as two folder datasets, ``out/source`` and ``out/target``.
+    """Write the embedded synthetic domain pair as two folder datasets, ``output/source`` and ``output/target``.
 
     Returns (source_root, target_root).
 
     Args:
-        out: output folder (gets source/ and target/).
+        output: the folder to write (gets source/ and target/).
         num_images: images per domain.
         size: (height, width) of the images.
         seed: the scenes' seed (the same seed writes the same pair).
@@ -247,7 +247,7 @@ def write_pair(out: str, num_images: int = 200, size: tuple[int, int] = (96, 128
     roots = []
     n_val = int(round(num_images * val_fraction))
     for domain, (style, prefix) in enumerate((("source", "src"), ("target", "tgt"))):
-        root = Path(out) / style
+        root = Path(output) / style
         for sub in ("images", "labels", "splits"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         names = [f"{prefix}_{i:05d}" for i in range(num_images)]

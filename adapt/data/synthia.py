@@ -19,11 +19,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from adapt.data.flat import FlatDataset, walk_flat
-from adapt.data.folder import Tree
-from adapt.data.labels import IGNORE_INDEX
+from adapt.data.labels import lookup_table, value_mask
+from adapt.data.pairs import Tree
 from adapt.errors import DataError
 
 # SYNTHIA class id -> Cityscapes train id (SYNTHIA-RAND-CITYSCAPES README; DAFormer's converter). Terrain (16),
@@ -38,17 +37,12 @@ LAYOUT = ("SYNTHIA-RAND-CITYSCAPES needs ROOT/RGB/NNNNNNN.png and ROOT/GT/LABELS
 
 def synthia_lut() -> np.ndarray:
     """uint8 [65536]: SYNTHIA class id (a 16-bit value) -> Cityscapes train id, or 255."""
-    lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
-    for synthia_id, train_id in SYNTHIA_TO_TRAIN.items():
-        lut[synthia_id] = train_id
-    return lut
+    return lookup_table(SYNTHIA_TO_TRAIN, size=65536)
 
 
 def synthia_valid() -> np.ndarray:
     """bool [65536]: the values a SYNTHIA class channel may hold (README ids 0..22)."""
-    valid = np.zeros(65536, dtype=bool)
-    valid[list(SYNTHIA_IDS)] = True
-    return valid
+    return value_mask(SYNTHIA_IDS, size=65536)
 
 
 def read_synthia_label(path: Path) -> np.ndarray:
@@ -92,21 +86,3 @@ class SynthiaDataset(FlatDataset):
 
     def read_raw_label(self, path: Path) -> np.ndarray:
         return read_synthia_label(path)
-
-
-def write_tiny_synthia(root: str | Path, num: int = 3, size: tuple[int, int] = (16, 24), seed: int = 0) -> None:
-    """Test / demo helper: a tiny fake SYNTHIA-RAND-CITYSCAPES in the download layout (``RGB/0000000.png``...).
-    Labels are 16-bit 3-channel PNGs like the real ones: R holds SYNTHIA ids, every id 0..22 in the first image's
-    first pixels and random ids after; G holds random instance ids up to 2000 (so reading G, or 8 bits, is wrong)."""
-    root, rng = Path(root), np.random.default_rng(seed)
-    (root / "RGB").mkdir(parents=True, exist_ok=True)
-    (root / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
-    for i in range(num):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "RGB" / f"{i:07d}.png")
-        ids = rng.integers(0, 23, size).astype(np.uint16)
-        if i == 0:
-            ids.reshape(-1)[: len(SYNTHIA_IDS)] = np.array(SYNTHIA_IDS, dtype=np.uint16)
-        instance = rng.integers(0, 2000, size).astype(np.uint16)
-        bgr = np.stack([np.zeros(size, np.uint16), instance, ids], axis=-1)  # cv2 writes B, G, R
-        if not cv2.imwrite(str(root / "GT" / "LABELS" / f"{i:07d}.png"), bgr):
-            raise DataError(f"{root}: cannot write the tiny SYNTHIA labels")

@@ -54,20 +54,22 @@ def check_settings(context_scale: float, detail_crop: tuple[int, int], output_st
     ``output_stride * k`` (the context fits F) and at least the detail crop's."""
     factor = round(1 / context_scale) if 0 < context_scale < 1 else 0
     if factor < 2 or abs(1 / context_scale - factor) > 1e-6 or output_stride % factor:
-        raise ConfigError(f"model.init_args.hrda_context_scale: {context_scale}; give 1/k with k dividing F's "
-                          f"output stride {output_stride} (HRDA: 0.5)")
+        raise ConfigError(f"model.init_args.multi_resolution.context_scale: {context_scale}; give 1/k with k "
+                          f"dividing F's output stride {output_stride} (HRDA: 0.5)")
     if len(detail_crop) != 2 or any(int(v) < 1 or int(v) % output_stride for v in detail_crop):
-        raise ConfigError(f"model.init_args.hrda_detail_crop: {list(detail_crop)}; give two positive multiples of "
-                          f"F's output stride {output_stride} (HRDA: 512 512)")
+        raise ConfigError(f"model.init_args.multi_resolution.detail_crop: {list(detail_crop)}; give two positive "
+                          f"multiples of F's output stride {output_stride} (HRDA: 512 512)")
     if crop is None:
         return
     multiple = output_stride * factor
     if any(int(c) % multiple for c in crop):
-        raise ConfigError(f"data.init_args.crop_size: {list(crop)} with hrda_context_scale {context_scale}; give "
-                          f"sides that are multiples of {multiple} (the context crop must fit F; HRDA: 1024 1024)")
+        raise ConfigError(f"data.init_args.crop_size: {list(crop)} with multi_resolution.context_scale "
+                          f"{context_scale}; give sides that are multiples of {multiple} (the context crop must fit F; "
+                          "HRDA: 1024 1024)")
     if any(int(d) > int(c) for d, c in zip(detail_crop, crop)):
-        raise ConfigError(f"model.init_args.hrda_detail_crop: {list(detail_crop)} is larger than the training crop "
-                          f"{list(crop)} (data.init_args.crop_size); give a detail crop inside it (HRDA: 512 of 1024)")
+        raise ConfigError(f"model.init_args.multi_resolution.detail_crop: {list(detail_crop)} is larger than the "
+                          f"training crop {list(crop)} (data.init_args.crop_size); give a detail crop inside it (HRDA: "
+                          "512 of 1024)")
 
 
 class MultiResolution(nn.Module):

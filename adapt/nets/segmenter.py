@@ -225,7 +225,9 @@ def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_name
     agree: same arch and encoder); the classifier's weight and bias rows of classes in both lists are copied to
     their new positions, classes new to ``new_names`` keep their fresh initialization, and classes only in
     ``old_names`` are dropped. HRDA's attention head (``multi_resolution.*``, per-class rows matched alike) keeps
-    its fresh initialization where the state has none (a single-scale F starting an HRDA one).
+    its fresh initialization where the state has none (a single-scale F starting an HRDA one). ``state`` is a whole
+    Segmenter's (``init_from`` passes that of ``adapt.checkpoints.load_segmenter``'s F, which an older checkpoint
+    without ``mean`` / ``std`` gets in ``Segmenter._load_from_state_dict``).
     Returns ``{"shared": [...], "new": [...], "dropped": [...]}`` (class names).
     """
     own = segmenter.state_dict()
@@ -234,7 +236,7 @@ def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_name
     if segmenter.multi_resolution is not None:  # HRDA's attention: one output channel per class as well
         head |= {f"multi_resolution.head.{len(segmenter.multi_resolution.head) - 1}.{p}" for p in ("weight", "bias")}
     for key, value in own.items():
-        if key in head or (key in ("mean", "std") and key not in state):  # F saved before its statistics were
+        if key in head:
             continue
         if key.startswith("multi_resolution.") and key not in state:  # HRDA's head, new to a single-scale F
             continue

@@ -1,6 +1,6 @@
 """The pieces of EMA-teacher self-training (DACS, DAFormer), as plain functions on tensors.
 
-Images are float [B, 3, H, W] in [0, 1]; labels int64 [B, H, W] of train indices with ``ignore_index`` (255) for
+Images are float [B, 3, H, W] in [0, 1]; labels int64 [B, H, W] of train indices with ``IGNORE_INDEX`` (255) for
 pixels no loss sees; probabilities float [B, C, H, W] (softmax over C).
 """
 
@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
+from adapt.data.labels import IGNORE_INDEX
 from adapt.nets.segmenter import batch_norms
 
 
@@ -36,7 +37,7 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float)
             t.copy_(s)
 
 
-def classmix_masks(labels: torch.Tensor, generator: torch.Generator, ignore_index: int = 255) -> torch.Tensor:
+def classmix_masks(labels: torch.Tensor, generator: torch.Generator, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """ClassMix: for each image, half of the classes present in its labels (rounded up; ignore excluded), drawn
     by ``generator``; the mask is True where a pixel's label is one of them.
 

@@ -5,21 +5,22 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torch.nn import functional as nnf
 
-from adapt.checkpoints import (domain_name, load_checkpoint, load_translator, require_kind, segmenter_state,
-                               with_recorded_multi_resolution)
+from adapt.checkpoints import (SEGMENTER_KIND, LoadedSegmenter, domain_name, load_segmenter, load_translator,
+                               require_kind)
 from adapt.data.cityscapes import class_palette
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.errors import ConfigError
 from adapt.inference import make_protocol, predict
 from adapt.intervals import per_image_record
+from adapt.losses import global_batch_mean, pixel_cross_entropy
 from adapt.metrics import (Calibration, ClassSubset, ConfusionMatrix, Validators, check_class_subsets,
                            confusion_matrices, image_counts, summarize)
 from adapt.nets.segmenter import build_segmenter, load_matching
@@ -42,14 +43,13 @@ class SegmentationTask(pl.LightningModule):
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
         lr_schedule: ``poly`` (lr * (1 - step / total) ** 0.9, per step, the segmentation standard) or ``constant``.
-        ignore_index: label value that no loss or metric sees.
         translator_checkpoint: a TranslationTask checkpoint; F then trains on ``g_st(x_s)`` (source images
             rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
         segmenter_kwargs: further smp model arguments, by smp's names (``decoder_dropout: 0.0`` for FPN, say).
         channels_last: keep F's weights and inputs in NHWC memory order (faster convolutions on tensor-core GPUs).
         compile: compile F with ``torch.compile``: True for its default backend (inductor; first steps slower, needs
             a C++ compiler on CPUs), or a backend name (``aot_eager``, ...). Checkpoints keep the plain names.
-        init_from: a SegmentationTask checkpoint whose F weights start this fit (fine-tuning: weights only; the
+        init_from: an F checkpoint (``load_segmenter``) whose F weights start this fit (fine-tuning: weights only; the
             optimizer, schedule and step start afresh, unlike ``--ckpt_path``, which resumes a run). Classes are
             matched by name (``adapt.nets.segmenter.load_matching``): shared classes keep their classifier rows,
             new ones start fresh, so a new domain may rename, reorder, add or drop classes.
@@ -65,11 +65,14 @@ class SegmentationTask(pl.LightningModule):
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
+    # recipe keys of earlier versions -> their spelling now (adapt.recipe names it in a one-line error)
+    renamed_arguments: dict[str, str] = {
+        "ignore_index": "(labels mark unlabelled pixels with 255, adapt.data.labels.IGNORE_INDEX; drop the key)"}
 
     def __init__(self, arch: str = "unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
                  class_names: list[str] | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
                  optimizer: Literal["adamw", "sgd"] = "adamw", lr_schedule: Literal["poly", "constant"] = "poly",
-                 ignore_index: int = IGNORE_INDEX, translator_checkpoint: str | None = None,
+                 translator_checkpoint: str | None = None,
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
                  encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0,
@@ -90,52 +93,58 @@ class SegmentationTask(pl.LightningModule):
             self.segmenter.to_channels_last()
         if compile:
             self.segmenter.compile(**({} if compile is True else {"backend": compile}))
-        self.val_cm = ConfusionMatrix(len(class_names), ignore_index)
-        self.test_cm = ConfusionMatrix(len(class_names), ignore_index)
-        self.val_calibration = Calibration(ignore_index=ignore_index)
+        self.val_cm = ConfusionMatrix(len(class_names), IGNORE_INDEX)
+        self.test_cm = ConfusionMatrix(len(class_names), IGNORE_INDEX)
+        self.val_calibration = Calibration(ignore_index=IGNORE_INDEX)
         self.val_validators = Validators(len(class_names))  # label-free scores of the validation predictions
-        self.test_calibration = Calibration(ignore_index=ignore_index)
+        self.test_calibration = Calibration(ignore_index=IGNORE_INDEX)
         self.test_results: dict = {}  # metrics of the last test run, with ``per_image`` counts (adapt.intervals)
         self.test_images: list[dict] = []  # this test run's per-image counts, batch by batch
         self.eval_protocol: dict = make_protocol("full")  # how validation / test images become logits
         self.num_examples = 0  # test samples kept in ``examples`` for a report (set by adapt.workflows.evaluate)
         self.examples: list[dict] = []
         self._val_pictures = 0  # validation samples kept as pictures this round (loggers that take them)
-        # frozen translators are plain attributes, not submodules: not trained, not saved in F's checkpoint
-        self.__dict__["train_translator"] = None  # g_st applied to x_s in training_step
-        self.__dict__["eval_translator"] = None  # g_ts applied to x_t before F in validation / test
+        # frozen translators sit on a plain holder: a net set as a module attribute would become a submodule (trained,
+        # saved in F's checkpoint); these are neither, and on_validation_start moves them to F's device and dtype
+        self.frozen = SimpleNamespace(train=None, eval=None)
+
+    train_translator = property(lambda self: self.frozen.train, doc="g_st applied to x_s in training_step, or None")
+    eval_translator = property(lambda self: self.frozen.eval, doc="g_ts applied to x_t before F in val / test, or None")
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.init_from:  # a resumed run (--ckpt_path) overwrites these weights later
             self.init_from(self.hparams.init_from)
         if stage == "fit" and self.hparams.translator_checkpoint and self.train_translator is None:
-            data = self.trainer.datamodule if self._trainer is not None else None
+            data = self.trainer.datamodule if self._trainer is not None else None  # .trainer raises when unattached
             source = {"source": domain_name(data.source_root)} if hasattr(data, "source_root") else None
-            self.__dict__["train_translator"] = load_translator(self.hparams.translator_checkpoint,
-                                                                "source-to-target", source)
+            self.frozen.train = load_translator(self.hparams.translator_checkpoint, "source-to-target", source,
+                                                "model.init_args.translator_checkpoint")
 
     def init_from(self, checkpoint: str | Path) -> dict[str, list[str]]:
-        """Load F's weights from another SegmentationTask checkpoint, classes matched by name (see ``init_from``)."""
-        path = Path(checkpoint)
-        ckpt = load_checkpoint(path, "model.init_args.init_from")
-        require_kind(ckpt, ("segmenter",), "model.init_args.init_from", path)
-        names = list(ckpt["hyper_parameters"]["class_names"])
-        match = load_matching(self.segmenter, segmenter_state(ckpt), names, self.class_names)
-        rank_zero_info(f"init_from {path}: {len(match['shared'])} classes kept, new: {match['new'] or 'none'}, "
-                       f"dropped: {match['dropped'] or 'none'}")
+        """Load F's weights from another F checkpoint (``load_segmenter``), classes matched by name (``init_from``)."""
+        loaded = load_segmenter(checkpoint, "model.init_args.init_from")
+        match = load_matching(self.segmenter, loaded.segmenter.state_dict(), loaded.class_names, self.class_names)
+        rank_zero_info(f"init_from {loaded.path}: {len(match['shared'])} classes kept, new: "
+                       f"{match['new'] or 'none'}, dropped: {match['dropped'] or 'none'}")
         return match
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, weights_only: bool = True) -> "SegmentationTask":
-        """The F of a segmenter checkpoint (of any task built on this one) as a SegmentationTask on the CPU, for
-        evaluation: its own arguments and weights, no encoder weights fetched; an HRDA-trained F predicts with its
-        multi-resolution fusion."""
-        ckpt = load_checkpoint(path, "--checkpoint", weights_only, mmap=True)
-        require_kind(ckpt, ("segmenter",), "--checkpoint", path)
+    def for_evaluation(cls, loaded: LoadedSegmenter) -> "SegmentationTask":
+        """A task around an F that ``adapt.checkpoints.load_segmenter`` loaded (of any task built on this one), for
+        Lightning's test loop: the checkpoint's own arguments (classes, ignore index, class subsets, memory order)
+        and its F itself; no encoder weights fetched, no file read here."""
         names = set(inspect.signature(cls.__init__).parameters) - {"self", "compile", "encoder_weights", "init_from"}
-        task = cls(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in names}, encoder_weights=None)
-        with_recorded_multi_resolution(task.segmenter, ckpt["hyper_parameters"]).load_state_dict(segmenter_state(ckpt))
+        task = cls(**{k: v for k, v in loaded.hyper_parameters.items() if k in names}, encoder_weights=None)
+        task.segmenter = loaded.segmenter  # replaces the one built from the same arguments
+        if loaded.channels_last:
+            task.segmenter.to_channels_last()
         return task
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kind"] = SEGMENTER_KIND  # what adapt.checkpoints.load_segmenter accepts
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:  # --ckpt_path: Lightning restores the whole task
+        require_kind(checkpoint, (SEGMENTER_KIND,), "--ckpt_path", self._trainer and self._trainer.ckpt_path or "it")
 
     def train(self, mode: bool = True):
         """Lightning's train/eval switch; a frozen encoder stays in eval mode (its BatchNorm statistics fixed)."""
@@ -146,7 +155,7 @@ class SegmentationTask(pl.LightningModule):
 
     def set_eval_translator(self, generator: torch.nn.Module | None) -> None:
         """Evaluate F(T(x_t)): ``generator`` (g_ts, frozen) maps target images to source style before F."""
-        self.__dict__["eval_translator"] = generator
+        self.frozen.eval = generator
 
     def set_eval_protocol(self, protocol: dict | None) -> None:
         """Evaluate under ``protocol`` (``adapt.inference.make_protocol``: full, resize or slide; None = full)."""
@@ -175,25 +184,16 @@ class SegmentationTask(pl.LightningModule):
             with torch.no_grad():
                 x_s = translate_padded(self.train_translator, x_s)  # x_st: source content, target style
         logits_s = self.segmenter(x_s)
-        loss_sum = nnf.cross_entropy(logits_s.float(), y_s, ignore_index=self.hparams.ignore_index, reduction="sum")
-        loss, loss_global = self.global_batch_mean(loss_sum, (y_s != self.hparams.ignore_index).sum())
+        loss, loss_global = self.global_batch_mean(*pixel_cross_entropy(logits_s, y_s))
         self.log("train/loss", loss_global, prog_bar=True, batch_size=x_s.shape[0])
         return loss
 
     def global_batch_mean(self, total: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean over the labelled pixels of the global batch (all processes), as (loss to backpropagate, value).
-
-        ``total``: this process's summed loss (float scalar with grad); ``count``: its labelled pixels (int scalar).
-        DDP averages gradients over the W processes, so the loss to backpropagate is ``W * total / N`` with ``N``
-        the global pixel count: its averaged gradient is that of one process holding the whole batch, even when
-        processes hold different numbers of labelled pixels. The value (detached) is ``sum(total) / N``.
-        """
+        """``adapt.losses.global_batch_mean`` over this run's processes: (this process's summed loss, its labelled
+        pixels) -> (loss to backpropagate, value)."""
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        sums = torch.stack([total.detach(), count.to(total.dtype)])
-        if world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        n = sums[1].clamp(min=1)
-        return total * world_size / n, sums[0] / n
+        return global_batch_mean(total, count, world_size,
+                                 lambda sums: self.trainer.strategy.reduce(sums, reduce_op="sum"))
 
     def _evaluate_step(self, batch: dict, cm: ConfusionMatrix, calibration: Calibration,
                        keep: int = 0, validators: Validators | None = None) -> torch.Tensor:

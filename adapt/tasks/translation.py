@@ -16,10 +16,11 @@ import pytorch_lightning as pl
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from adapt.checkpoints import atomic_write, domain_name, load_segmenter
+from adapt.checkpoints import TRANSLATOR_KIND, domain_name, load_segmenter, require_kind
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import POOL, decorrelate_processes, derive_seed, global_seed
 from adapt.errors import ConfigError
+from adapt.files import atomic_write
 from adapt.losses import cycle_loss, discriminator_loss, identity_loss, lsgan_loss, semantic_consistency_loss
 from adapt.nets.discriminator import ImagePool, PatchDiscriminator
 from adapt.nets.translator import ResnetGenerator, translate_padded
@@ -37,7 +38,7 @@ class TranslationTask(pl.LightningModule):
         lambda_identity: weight of the identity L1 terms, as a fraction of ``lambda_cycle`` (0.5).
         lambda_semantic: weight of CyCADA's semantic consistency (0 = plain CycleGAN); needs
             ``segmenter_checkpoint``.
-        segmenter_checkpoint: a SegmentationTask checkpoint; its segmenter stays frozen and gives cross-entropy of
+        segmenter_checkpoint: an F checkpoint (``load_segmenter``); its F stays frozen and gives cross-entropy of
             ``F(g_st(x_s))`` against ``y_s`` and of ``F(g_ts(x_t))`` against ``F(x_t).argmax(1)``.
         lr: Adam learning rate of both generators and both discriminators (2e-4).
         beta1: Adam beta1 (0.5).
@@ -82,13 +83,12 @@ class TranslationTask(pl.LightningModule):
         for i, pool in enumerate((self.pool_s, self.pool_t)):  # a resumed run restores their states afterwards
             pool.generator.manual_seed(derive_seed(POOL, global_seed(), i))
         if stage == "fit" and self.hparams.lambda_semantic > 0 and self.segmenter is None:
-            segmenter, hparams = load_segmenter(self.hparams.segmenter_checkpoint,
-                                                "model.init_args.segmenter_checkpoint")
+            loaded = load_segmenter(self.hparams.segmenter_checkpoint, "model.init_args.segmenter_checkpoint")
             names = self.hparams.class_names
-            if names and list(names) != list(hparams["class_names"]):
-                raise ConfigError(f"model.init_args.segmenter_checkpoint: its classes {list(hparams['class_names'])} "
+            if names and list(names) != loaded.class_names:
+                raise ConfigError(f"model.init_args.segmenter_checkpoint: its classes {loaded.class_names} "
                                   f"differ from the data's {list(names)}")
-            self.__dict__["segmenter"] = segmenter.requires_grad_(False)  # not a submodule: not trained or saved
+            self.__dict__["segmenter"] = loaded.segmenter.requires_grad_(False)  # no submodule: not trained or saved
 
     def on_fit_start(self) -> None:
         wrapper = self.trainer.strategy.model  # torch's DistributedDataParallel under DDP
@@ -201,12 +201,14 @@ class TranslationTask(pl.LightningModule):
         return atomic_write(folder / name, lambda f: f.write(png))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kind"] = TRANSLATOR_KIND  # what adapt.checkpoints.load_translator accepts
         checkpoint["image_pools"] = {"s": self.pool_s.state_dict(), "t": self.pool_t.state_dict()}
         data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if hasattr(data, "source_root") and hasattr(data, "target_root"):  # checked where T is used
             checkpoint["domains"] = {"source": domain_name(data.source_root), "target": domain_name(data.target_root)}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def on_load_checkpoint(self, checkpoint: dict) -> None:  # --ckpt_path: Lightning restores the whole task
+        require_kind(checkpoint, (TRANSLATOR_KIND,), "--ckpt_path", self._trainer and self._trainer.ckpt_path or "it")
         if "image_pools" in checkpoint:
             self.pool_s.load_state_dict(checkpoint["image_pools"]["s"])
             self.pool_t.load_state_dict(checkpoint["image_pools"]["t"])

@@ -14,7 +14,7 @@ from typing import Literal
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from adapt.checkpoints import domain_name, load_translator
+from adapt.checkpoints import domain_name, load_segmenter, load_translator
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.errors import ConfigError, DataError
@@ -108,7 +108,7 @@ def _root_names(roots: list[str], splits: list[str | None]) -> list[str]:
 
 def _load(checkpoint: str | Path, translator: str | Path | None, protocol: dict | None, roots: list,
           weights_only: bool = True, class_subsets: list[str] | None = None) -> SegmentationTask:
-    task = SegmentationTask.from_checkpoint(checkpoint, weights_only)
+    task = SegmentationTask.for_evaluation(load_segmenter(checkpoint, "--checkpoint", weights_only))
     if class_subsets is not None:
         task.class_subsets = check_class_subsets(class_subsets, task.class_names, "--class_subsets")
     if translator is not None:  # T must have been trained towards the sets it maps back to source style
@@ -158,7 +158,7 @@ def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: Image
 
 def evaluate_command(root: str | list[str], checkpoint: str | None = None, predictions: str | None = None,
                      split: str | list[str | None] | None = None, kind: DatasetKind | list[DatasetKind] = "folder",
-                     out: str | None = None, protocol: Literal["full", "resize", "slide"] = "full",
+                     output: str | None = None, protocol: Literal["full", "resize", "slide"] = "full",
                      size: tuple[int, int] | None = None, window: tuple[int, int] | None = None,
                      stride: tuple[int, int] | None = None, translator: str | None = None,
                      id_type: Literal["label", "train"] = "label", examples: int = 6, plots: bool = True,
@@ -176,7 +176,7 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
             or a list, one per root.
         kind: dataset layout: folder, gta5, cityscapes, synthia, acdc, darkzurich, carla or carla_legacy; one for
             all roots or a list, one per root.
-        out: folder for metrics.json and the PNG reports (default: RUN/evaluate/ROOTNAME; several roots:
+        output: folder for metrics.json and the PNG reports (default: RUN/evaluate/ROOTNAME; several roots:
             RUN/evaluate).
         protocol: full (the whole image, padded to a multiple of F's output stride), resize (input resized to
             ``size``, logits resized back) or slide (``window`` windows every ``stride``, logits averaged).
@@ -208,7 +208,7 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
                               "they are, at the labels' resolution")
         if len(roots) > 1 or len(kinds) > 1 or len(splits) > 1:
             raise ConfigError("--predictions scores one --root (one --split, one --kind)")
-        return score_predictions(predictions, roots[0], kinds[0], splits[0], id_type, out,
+        return score_predictions(predictions, roots[0], kinds[0], splits[0], id_type, output,
                                  class_subsets=class_subsets)
     try:
         checked = make_protocol(protocol, size, window, stride)
@@ -220,5 +220,5 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
                    protocol=checked, num_examples=examples, plots=plots, weights_only=weights_only,
                    class_subsets=class_subsets)
     if len(roots) == 1 and len(kinds) == 1 and len(splits) == 1:
-        return evaluate(checkpoint, roots[0], splits[0], out, kind=kinds[0], **options)
-    return evaluate_roots(checkpoint, roots, splits, kinds, out, **options)
+        return evaluate(checkpoint, roots[0], splits[0], output, kind=kinds[0], **options)
+    return evaluate_roots(checkpoint, roots, splits, kinds, output, **options)

@@ -1,31 +1,31 @@
-"""``adapt run EXPERIMENT.yaml``: the stages of a multi-stage experiment, each feeding the next.
+"""``adapt run EXPERIMENT``: the stages of a multi-stage experiment, each feeding the next.
 
-An experiment file::
+An experiment file (EXPERIMENT: its path, or a shipped one's name such as ``camvid/benchmark``)::
 
-    out: runs/demo/cycada                 # everything goes here (--out or --trainer.default_root_dir override)
+    output: runs/demo/cycada              # everything goes here (``adapt run ... --output DIR`` overrides it)
     stages:
-      - name: source_only                 # a fit stage: a recipe plus command-line overrides
-        fit: recipes/demo/source_only.yaml
-        args: ["--data.init_args.root=${out}/data"]
+      - name: source_only                 # a fit stage: a recipe (a shipped name or a path) plus overrides
+        fit: demo/source_only
+        args: ["--data.init_args.root=${output}/data"]
       - name: translator
-        fit: recipes/demo/translator.yaml
+        fit: demo/translator
         args: ["--model.init_args.segmenter_checkpoint=${source_only}"]   # ${STAGE}: that stage's checkpoint
       - name: translated_target           # an evaluate stage (`adapt evaluate`'s options): a row of the summary
-        evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${out}/data/target",
+        evaluate: {checkpoint: "${source_only}", translator: "${translator}", root: "${output}/data/target",
                    split: val, protocol: slide, window: [512, 512], stride: [256, 256], examples: 4}
       - name: adabn                       # a tta stage (`adapt tta`'s options): its checkpoint is OUT/NAME/adapted.ckpt
-        tta: {checkpoint: "${source_only}", root: "${out}/data/target", split: val, method: adabn}
+        tta: {checkpoint: "${source_only}", root: "${output}/data/target", split: val, method: adabn}
       - name: fda                         # an fda stage (`adapt fda`'s options): its translator is OUT/NAME/fda.ckpt,
-        fda: {source: "${out}/data/source", target: "${out}/data/target", beta: 0.01}   # usable as ${fda}
+        fda: {source: "${output}/data/source", target: "${output}/data/target", beta: 0.01}   # as ${fda}
 
 An evaluate, tta or fda stage takes the options of its verb, with their names, types and defaults (the runner sets
-the output, and the run's seed for tta and fda). Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a
+``output``, and the run's seed for tta and fda). Each stage writes ``OUT/NAME/`` (a fit stage runs ``adapt fit`` in a
 process of its own, so ``--trainer.devices=N`` works as for ``adapt fit``; its checkpoint is
 ``OUT/NAME/checkpoints/last.ckpt``, its console output is also kept in ``OUT/NAME/stage.log``) and, once finished,
 ``OUT/NAME/stage.json``: its wall time in seconds and a fingerprint of all its result depends on
 (``adapt.workflows.fingerprints``). A later run reuses a finished stage only when that fingerprint is the same and its
 output file is unchanged; otherwise the stage, and so every stage that reads it, runs again, saying why, once its
-old folder is moved to ``OUT/.stale/`` (nothing is deleted). ``--dry-run`` prints that plan and does nothing else.
+old folder is moved to ``OUT/.stale/`` (nothing is deleted). ``--dry_run`` prints that plan and does nothing else.
 A failed fit ends the run with the fit's exit code. The run ends with ``OUT/summary.json`` (evaluate stage name ->
 its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every fit stage
 (e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed (``OUT/seed_N``; each
@@ -34,21 +34,23 @@ fit, tta and fda stage gets that seed) and reports every metric as mean ± sampl
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from adapt.catalogue import resolve
 from adapt.errors import ConfigError, DataError, StageFailed
+from adapt.provenance import git_commit
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
+from adapt.signals import forward_to_child
 from adapt.workflows.fingerprints import (Decision, FileHashes, adapt_identity, decide, digest, fingerprint_parts,
-                                          git_commit, move_aside, read_record)
-from adapt.workflows.stages import OUTPUTS, WORKFLOWS, check_experiment, check_spec, references, stage_kind, substitute
+                                          move_aside, read_record)
+from adapt.workflows.stages import (OUTPUTS, WORKFLOWS, check_experiment, check_output_key, check_spec, references,
+                                    stage_kind, substitute)
 
 
 def run_logged(command: list[str], log: Path) -> int:
@@ -61,19 +63,15 @@ def run_logged(command: list[str], log: Path) -> int:
         sink.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))  # its lines as they come
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum)),
-                    # a terminal's Ctrl-C reaches the fit itself (same process group): only keep this one reading
-                    signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: None)}
         try:
-            for line in iter(process.stdout.readline, b""):
-                sink.write(line)
-                sink.flush()
-                sys.stdout.write(line.decode(errors="replace"))
-                sys.stdout.flush()
-            code = process.wait()
+            with forward_to_child(process):
+                for line in iter(process.stdout.readline, b""):
+                    sink.write(line)
+                    sink.flush()
+                    sys.stdout.write(line.decode(errors="replace"))
+                    sys.stdout.flush()
+                code = process.wait()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             process.stdout.close()
     return 128 - code if code < 0 else code
 
@@ -105,7 +103,7 @@ def _workflow(kind: str, spec: dict, stage_dir: Path, output: Path, seed: int, w
     print(f"   {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
     try:
         if kind == "evaluate":
-            return {"metrics": WORKFLOWS[kind][0](**checked, out=str(stage_dir))}  # one root: its metrics
+            return {"metrics": WORKFLOWS[kind][0](**checked, output=str(stage_dir))}  # one root: its metrics
         if not (resume and output.is_file()):  # written atomically: present means complete
             WORKFLOWS[kind][0](**checked, output=str(output), seed=seed)
     except (ConfigError, DataError) as err:
@@ -125,7 +123,7 @@ class Runner:
         self.seed = int(seeds[-1]) if seeds else 0
         self.hashes, self.identity = FileHashes(), adapt_identity()
         self.commit = None if dry_run else git_commit()
-        self.names = {"out": str(out)}  # ${NAME} -> a stage's checkpoint
+        self.names = {"output": str(out)}  # ${NAME} -> a stage's checkpoint
         self.records: dict[str, dict] = {}  # stage -> its fingerprint and output's sha256
         self.ran: set[str] = set()  # stages that ran (would run) in this run
 
@@ -136,7 +134,7 @@ class Runner:
         output = stage_dir / OUTPUTS[kind]
         raw = {"fit": stage["fit"], "args": [str(a) for a in stage.get("args", [])]} if kind == "fit" else \
             {kind: stage[kind]}
-        written, upstream = substitute(raw, self.names, where), [n for n in references(raw) if n != "out"]
+        written, upstream = substitute(raw, self.names, where), [n for n in references(raw) if n != "output"]
         if kind != "evaluate":
             self.names[name] = str(output)
         parts = None
@@ -188,14 +186,15 @@ class Runner:
         return record
 
 
-def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[str] | None = None,
+def run_experiment(path: str | Path, output: str | Path | None = None, extra: list[str] | None = None,
                    dry_run: bool = False) -> dict:
-    """Run (or finish) an experiment; returns the summary (evaluate stage name -> metrics). ``dry_run``: print
-    which stages would be reused or run and why, change nothing; returns {stage: "reuse" or "run"}."""
-    path = Path(path)
+    """Run (or finish) an experiment (a file, or a shipped one's name); returns the summary (evaluate stage name ->
+    metrics). ``dry_run``: print which stages would be reused or run and why, change nothing; returns {stage:
+    "reuse" or "run"}."""
+    path = resolve(path, "EXPERIMENT")
     doc = load_yaml(path)
     stages = check_experiment(doc, path)
-    out = Path(out or doc.get("out") or Path("runs") / path.stem)
+    out = Path(output or doc.get("output") or Path("runs") / path.stem)
     runner = Runner(path, out, [str(a) for a in extra or []], dry_run)
     if dry_run:
         print(f"== plan of {path} in {out} (a dry run: nothing runs, nothing moves)", flush=True)
@@ -215,15 +214,15 @@ def run_experiment(path: str | Path, out: str | Path | None = None, extra: list[
     return summary
 
 
-def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None, extra: list[str] | None = None,
-              dry_run: bool = False) -> dict:
+def run_seeds(path: str | Path, seeds: list[int], output: str | Path | None = None,
+              extra: list[str] | None = None, dry_run: bool = False) -> dict:
     """The experiment once per seed (``OUT/seed_N``, each fit stage with ``--seed_everything=N``, tta and fda
     stages with that seed), then ``OUT/summary.json``: stage -> metric -> mean, sample std and per-seed values
     (``adapt.report.aggregate_seeds``). ``dry_run``: each seed's plan only ({seed: plan})."""
-    path = Path(path)
+    path = resolve(path, "EXPERIMENT")
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds: {seeds}; give distinct non-negative integers")
-    out = Path(out or load_yaml(path).get("out") or Path("runs") / path.stem)
+    out = Path(output or check_output_key(load_yaml(path), path) or Path("runs") / path.stem)
     per_seed = {}
     for seed in seeds:
         print(f"==== seed {seed}", flush=True)
@@ -245,44 +244,53 @@ def run_seeds(path: str | Path, seeds: list[int], out: str | Path | None = None,
     return summary
 
 
-def run_main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="adapt run", description="Run the stages of an experiment file.")
-    parser.add_argument("experiment", help="experiment YAML (out, stages)")
-    parser.add_argument("--out", "--trainer.default_root_dir", dest="out", default=None,
-                        help="folder for everything the experiment writes (default: the file's 'out')")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
-                        help="run the experiment once per seed (OUT/seed_N) and report mean ± std over seeds")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print which stages would be reused and which would run, and why; change nothing")
-    args, extra = parser.parse_known_args(argv)
+def run(experiment: str, output: str | None = None, seeds: list[int] | None = None, dry_run: bool = False,
+        overrides: list[str] | None = None) -> dict:
+    """Run the stages of an experiment file; a later run reuses the finished stages whose inputs are unchanged.
+    Extra ``--key=value`` arguments (``--trainer.max_epochs=1``, ``--seed_everything=3``) go to every fit stage.
+
+    Returns the summary (evaluate stage -> metrics; with ``seeds``: mean and std per stage).
+
+    Args:
+        experiment: an experiment file (output, stages), or a shipped one's name (camvid/benchmark, demo/demo).
+        output: folder for everything the experiment writes (default: the file's ``output``).
+        seeds: run the experiment once per seed (OUTPUT/seed_N) and report mean ± std over seeds: ``--seeds
+            [0,1,2]`` (or ``--seeds 0 1 2``).
+        dry_run: print which stages would be reused and which would run, and why; change nothing.
+        overrides: ``--key=value`` arguments for every fit stage (on the command line: given as they are).
+    """
+    extra = [str(a) for a in overrides or []]
     bad = [a for a in extra if not a.startswith("--")]
     if bad:
         raise ConfigError(f"adapt run: unexpected argument {bad[0]!r}; pass overrides as --key=value")
-    if args.seeds is not None:
+    if seeds is not None:
         if any(a.startswith("--seed_everything") for a in extra):
             raise ConfigError("adapt run: give either --seeds or --seed_everything, not both")
-        return run_seeds(args.experiment, args.seeds, args.out, extra, args.dry_run)
-    return run_experiment(args.experiment, args.out, extra, args.dry_run)
+        return run_seeds(experiment, seeds, output, extra, dry_run)
+    return run_experiment(experiment, output, extra, dry_run)
 
 
-def demo_main(argv: list[str]) -> dict:
-    """``adapt demo``: ``adapt run recipes/demo/demo.yaml``, then source vs target mIoU and their gap per run."""
-    parser = argparse.ArgumentParser(prog="adapt demo", description="Train F source-only and with domain "
-                                     "randomization on the embedded synthetic pair and compare them on both domains.")
-    parser.add_argument("--out", default=None, help="everything the demo writes goes here (default: runs/demo)")
-    parser.add_argument("--experiment", default="recipes/demo/demo.yaml", help="the demo's experiment file")
-    parser.add_argument("--max_epochs", type=int, default=None, help="override the recipes' trainer.max_epochs")
-    args = parser.parse_args(argv)
-    if not Path(args.experiment).is_file():
-        raise ConfigError(f"--experiment: {args.experiment} not found; run from the repository root or give "
-                          "--experiment PATH")
-    extra = [] if args.max_epochs is None else [f"--trainer.max_epochs={args.max_epochs}"]
-    summary = run_experiment(args.experiment, args.out, extra)
-    runs = dict.fromkeys(name.rpartition(".")[0] for name in summary if "." in name)
-    rows = {run: {"source val mIoU": summary[f"{run}.source_val"]["miou"],
-                  "target val mIoU": summary[f"{run}.target_val"]["miou"],
-                  "gap": summary[f"{run}.source_val"]["miou"] - summary[f"{run}.target_val"]["miou"]}
-            for run in runs if f"{run}.source_val" in summary and f"{run}.target_val" in summary}
+def demo(output: str | None = None, experiment: str = "demo/demo", max_epochs: int | None = None,
+         overrides: list[str] | None = None) -> dict:
+    """Train F source-only and with domain randomization on the embedded synthetic pair and compare them on both
+    domains: ``adapt run demo/demo``, then source vs target mIoU and their gap per run. Works from any folder (the
+    synthetic pair is written under ``output``); extra ``--key=value`` arguments go to both fits.
+
+    Returns the experiment's summary.
+
+    Args:
+        output: everything the demo writes goes here (default: the experiment's ``output``, runs/demo).
+        experiment: the demo's experiment: a shipped name or a file.
+        max_epochs: override the recipes' trainer.max_epochs (1: a quick look).
+        overrides: ``--key=value`` arguments for both fits (on the command line: given as they are).
+    """
+    extra = [*([] if max_epochs is None else [f"--trainer.max_epochs={max_epochs}"]), *map(str, overrides or [])]
+    summary = run_experiment(experiment, output, extra)
+    fits = dict.fromkeys(name.rpartition(".")[0] for name in summary if "." in name)
+    rows = {fit: {"source val mIoU": summary[f"{fit}.source_val"]["miou"],
+                  "target val mIoU": summary[f"{fit}.target_val"]["miou"],
+                  "gap": summary[f"{fit}.source_val"]["miou"] - summary[f"{fit}.target_val"]["miou"]}
+            for fit in fits if f"{fit}.source_val" in summary and f"{fit}.target_val" in summary}
     print("\n== demo: mIoU % over the 10 synthetic classes (held-back val splits of each domain)")
     print(comparison_table(rows))
     return summary

@@ -27,14 +27,13 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from adapt.checkpoints import (
-    atomic_write,
     load_checkpoint,
     load_segmenter,
     load_translator,
 )
 from adapt.data.cityscapes import class_palette
-from adapt.data.labels import IGNORE_INDEX
 from adapt.errors import ConfigError
+from adapt.files import atomic_write
 from adapt.inference import predict
 from adapt.nets.fourier import FourierTranslator
 from adapt.nets.segmenter import Segmenter
@@ -83,11 +82,11 @@ class ExportGraph(nn.Module):
         return self.segmenter(padded)[..., :height, :width]
 
 
-def recipe_hash(path: str | Path, role: str, weights_only: bool = True) -> dict:
-    """``{"role", "checkpoint", "recipe_sha256", "hashed"}`` for one source checkpoint: the sha256 of the recipe
-    text ``adapt fit`` records in it (``checkpoint["adapt"]["recipe"]``, ``hashed: recipe``), or, in a checkpoint
-    without one, of its hyper-parameters as sorted JSON (``hashed: hyper_parameters``)."""
-    ckpt = load_checkpoint(path, "--translator" if role != "segmenter" else "--checkpoint", weights_only, mmap=True)
+def recipe_hash(ckpt: dict, path: str | Path, role: str) -> dict:
+    """``{"role", "checkpoint", "recipe_sha256", "hashed"}`` for one source checkpoint (``ckpt``, read from
+    ``path``): the sha256 of the recipe text ``adapt fit`` records in it (``checkpoint["adapt"]["recipe"]``,
+    ``hashed: recipe``), or, in a checkpoint without one, of its hyper-parameters as sorted JSON (``hashed:
+    hyper_parameters``)."""
     recipe = (ckpt.get("adapt") or {}).get("recipe")
     hashed = "recipe" if isinstance(recipe, str) and recipe else "hyper_parameters"
     hparams = json.dumps(dict(ckpt.get("hyper_parameters") or {}), sort_keys=True, default=str)
@@ -178,26 +177,28 @@ def export_onnx(checkpoint: str, output: str, translator: str | None = None, ops
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise ConfigError(f"--opset {opset}: give an ONNX opset from {OPSETS[0]} to {OPSETS[1]} (default 18)")
     onnx, onnxruntime = _require_onnx()
-    segmenter, hparams = load_segmenter(checkpoint, "--checkpoint", weights_only)
+    loaded = load_segmenter(checkpoint, "--checkpoint", weights_only)
+    segmenter = loaded.segmenter
     if segmenter.multi_resolution is not None:
         raise ConfigError(f"--checkpoint: {checkpoint} is an HRDA (multi-resolution) F, whose sliding detail windows "
                           "follow the image size, which a traced ONNX graph cannot; evaluate or predict it in Python")
-    sources = [recipe_hash(checkpoint, "segmenter", weights_only)]
+    sources = [recipe_hash(loaded.checkpoint, checkpoint, "segmenter")]
     generator = None
     if translator is not None:
         generator = load_translator(translator, "target-to-source")
         if isinstance(generator, FourierTranslator):
             raise ConfigError(f"--translator: {translator} is an FDA translator (adapt fda), which cannot be exported "
                               "(random reference draws, FFTs); export F alone and apply FDA in Python")
-        sources.append(recipe_hash(translator, "translator (g_ts, target-to-source)"))
+        sources.append(recipe_hash(load_checkpoint(translator, "--translator", mmap=True), translator,
+                                   "translator (g_ts, target-to-source)"))
     graph = ExportGraph(segmenter.requires_grad_(False), generator).eval()
     model = _export_bytes(graph, opset)
     checked = _check(model, graph, onnx, onnxruntime) if check else None
-    names = list(hparams["class_names"])
+    names = loaded.class_names
     record = {"format": "onnx", "model": output.name, "graph": "F(g_ts(x))" if generator is not None else "F(x)",
               "input_name": "image", "input": INPUT_SPEC, "min_side": 5 if generator is not None else 1,
               "output_name": "logits", "output": OUTPUT_SPEC, "class_names": names,
-              "palette": class_palette(names).tolist(), "ignore_index": IGNORE_INDEX, "opset": opset,
+              "palette": class_palette(names).tolist(), "ignore_index": loaded.ignore_index, "opset": opset,
               "exporter": f"torch.onnx (TorchScript-based), torch {torch.__version__}", "sources": sources,
               "checked": checked, "onnx_sha256": hashlib.sha256(model).hexdigest()}
     atomic_write(output, lambda f: f.write(model))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapt.checkpoints import FDA_KIND, atomic_save, domain_name
+from adapt.checkpoints import FDA_KIND, domain_name
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError
+from adapt.files import atomic_save
 from adapt.nets.fourier import read_bank
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from typing import Any
 import yaml
 
 import adapt
-from adapt.checkpoints import versions
+from adapt.catalogue import recipe_file
+from adapt.provenance import versions
 
 
 def file_sha256(path: str | Path) -> str:
@@ -70,21 +70,11 @@ def source_digest(folder: str | Path) -> str:
 def adapt_identity() -> dict:
     """adapt's part of every fingerprint: the package version, the digest of its source files and the versions of
     the libraries that shape a result (those a checkpoint records). The git commit is recorded beside the
-    fingerprint (``git_commit``), never in it: a commit that only changes documentation (or other packages' files)
+    fingerprint (``adapt.provenance.git_commit``), never in it: a commit that only changes documentation (or other packages' files)
     must not make finished results stale."""
     libraries = {name: version for name, version in versions().items() if name != "adapt-seg"}
     return {"version": adapt.__version__, "source": source_digest(Path(adapt.__file__).parent),
             "libraries": libraries}
-
-
-def git_commit() -> str | None:
-    """``git rev-parse HEAD`` in adapt's package folder, when that works (for information only)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(adapt.__file__).parent, capture_output=True,
-                                text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
 def digest(value: Any) -> str:
@@ -132,7 +122,8 @@ def fingerprint_parts(kind: str, written: dict, extra: list[str], seed: int, ups
     """What determines a stage's result (see the module's docstring); ``written``: the stage after substitution
     (without its name), ``upstream``: referenced stage -> {fingerprint, output}, ``produced``: the paths of the
     experiment's stage outputs (left to the upstream part)."""
-    recipes = [written["fit"], *config_files(written.get("args", [])), *config_files(extra)] if kind == "fit" else []
+    named = [written["fit"], *config_files(written.get("args", [])), *config_files(extra)] if kind == "fit" else []
+    recipes = [recipe_file(r) for r in named]  # a shipped recipe's name (demo/source_only): its file
     values = _strings(written) + _strings(list(extra))
     for recipe in recipes:  # the paths a recipe names (data roots, a segmenter_checkpoint, an init_from)
         try:

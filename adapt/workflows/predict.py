@@ -2,19 +2,14 @@
 
 Every image goes through the F (and the optional translator, F(g_ts(x))) of a checkpoint under an explicit
 protocol (``adapt.inference.make_protocol``), at its own height and width. The output folder is written as a
-``OUTPUT.partial-<pid>`` sibling and renamed to OUTPUT only when every image and the manifest are written: an
-interrupted run leaves no OUTPUT (or the old one, untouched).
+``OUTPUT.partial-<pid>`` sibling and renamed to OUTPUT only when every image and the manifest are written
+(``adapt.files.publish_folder``): an interrupted run leaves no OUTPUT (or the old one, untouched).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import sys
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -26,14 +21,16 @@ from tqdm import tqdm
 from adapt.checkpoints import domain_name, load_segmenter, load_translator
 from adapt.data.cityscapes import CITYSCAPES_CLASSES, class_palette
 from adapt.data.datasets import DatasetKind, open_dataset
-from adapt.data.folder import IMAGE_SUFFIXES, image_to_tensor, read_image
+from adapt.data.folder import image_to_tensor, read_image
+from adapt.data.labels import lookup_table
+from adapt.data.pairs import IMAGE_SUFFIXES
 from adapt.errors import ConfigError, DataError
-from adapt.inference import make_protocol, predict
+from adapt.files import publish_folder
+from adapt.inference import Accelerator, make_protocol, predict, torch_device
 from adapt.nets.translator import translate_padded
 from adapt.plots import colorize, overlay
 from adapt.report import write_json
-
-DEVICES = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
+from adapt.signals import Interrupted, sigterm_raises
 
 
 def predict_folder(checkpoint: str, output: str, input: str | None = None, root: str | None = None,
@@ -41,7 +38,7 @@ def predict_folder(checkpoint: str, output: str, input: str | None = None, root:
                    protocol: Literal["full", "resize", "slide"] = "full", size: tuple[int, int] | None = None,
                    window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
                    id_type: Literal["train", "label"] = "train", confidence: bool = False, overwrite: bool = False,
-                   batch_size: int = 1, accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto",
+                   batch_size: int = 1, accelerator: Accelerator = "auto",
                    weights_only: bool = True) -> dict:
     """Segment unlabelled images with a segmenter checkpoint: label, colour and overlay PNGs per image.
 
@@ -85,9 +82,9 @@ def predict_folder(checkpoint: str, output: str, input: str | None = None, root:
     if output.exists() and not (overwrite and output.is_dir()):
         raise ConfigError(f"--output: {output} exists; give a new folder, or --overwrite true to replace it"
                           if output.is_dir() else f"--output: {output} is a file; give a folder path")
-    device = _device(accelerator)
-    segmenter, hparams = load_segmenter(checkpoint, "--checkpoint", weights_only)
-    names = list(hparams["class_names"])
+    device = torch_device(accelerator)
+    loaded = load_segmenter(checkpoint, "--checkpoint", weights_only)
+    segmenter, names = loaded.segmenter, loaded.class_names
     cityscapes = names == list(CITYSCAPES_CLASSES.names)
     if id_type == "label" and not cityscapes:
         raise ConfigError(f"--id_type label: {checkpoint} predicts {len(names)} classes that are not the 19 "
@@ -99,34 +96,23 @@ def predict_folder(checkpoint: str, output: str, input: str | None = None, root:
     palette = class_palette(names)
     to_label = None  # uint8 [256]: train index -> Cityscapes label id, with --id_type label
     if id_type == "label":
-        to_label = np.full(256, 255, dtype=np.uint8)
-        to_label[: len(names)] = CITYSCAPES_CLASSES.ids
+        to_label = lookup_table(dict(enumerate(CITYSCAPES_CLASSES.ids)))
     manifest = {"checkpoint": str(checkpoint), "translator": None if translator is None else str(translator),
                 "input": None if input is None else str(input), "root": None if root is None else str(root),
                 "kind": None if root is None else kind, "split": split, "protocol": checked, "id_type": id_type,
                 "confidence": confidence, "num_images": len(items), "class_names": names,
                 "palette": palette.tolist()}
-    partial = output.with_name(f"{output.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_raises(), publish_folder(output, overwrite) as partial:
             for folder in ("labels", "colors", "overlays", *(["confidence"] if confidence else [])):
-                (partial / folder).mkdir(parents=True)
+                (partial / folder).mkdir()
             segmenter.to(device)
             for batch in _batches(items, batch_size):
                 _write_batch(partial, batch, segmenter, generator, checked, palette, to_label, confidence, device)
             write_json(partial / "predictions.json", manifest)
-            old = _publish(partial, output)
-    except KeyboardInterrupt:
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"adapt predict: interrupted; nothing written{'' if not output.exists() else f', {output} untouched'}",
-              file=sys.stderr)
-        sys.exit(130)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if old is not None:  # the replaced OUTPUT, removed only now that the new one is in place
-        shutil.rmtree(old, ignore_errors=True)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM; publish_folder has removed the partial folder
+        raise Interrupted.after(interrupt, "adapt predict: interrupted; nothing written"
+                                f"{'' if not output.exists() else f', {output} untouched'}") from None
     return dict(manifest, output=str(output))
 
 
@@ -160,17 +146,6 @@ def _protocol(mode: str, size, window, stride) -> dict:
         return make_protocol(mode, size, window, stride)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def _device(accelerator: str) -> torch.device:
-    """The torch device of ``--accelerator``; a ConfigError when it is not available here."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = DEVICES.get(accelerator)
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name is None or not available[name]:
-        raise ConfigError(f"--accelerator: {accelerator} is not available on this machine; use auto or cpu")
-    return torch.device(name)
 
 
 def _batches(items: list[tuple[str, Path]], batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
@@ -211,37 +186,3 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), pixels):
         raise DataError(f"{path}: could not write the PNG; check the disk space and permissions of the output")
-
-
-def _publish(partial: Path, output: Path) -> Path | None:
-    """Rename the finished ``partial`` folder to ``output``; an existing ``output`` is moved aside first (put back
-    if the rename fails). Returns where the old ``output`` now is (for the caller to remove), or None."""
-    if not output.exists():
-        os.replace(partial, output)
-        return None
-    old = output.with_name(f"{output.name}.old-{os.getpid()}")
-    os.replace(output, old)
-    try:
-        os.replace(partial, output)
-    except BaseException:
-        os.replace(old, output)
-        raise
-    return old
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside the block (so the partial folder is cleaned up), in the main
-    thread; the previous handler is back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

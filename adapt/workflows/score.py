@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.data.cityscapes import label_id_to_train_index
-from adapt.data.datasets import CITYSCAPES_KINDS, open_dataset
+from adapt.data.datasets import open_dataset
 from adapt.data.folder import read_label
 from adapt.data.labels import IGNORE_INDEX, ClassSet
 from adapt.errors import DataError
@@ -55,11 +54,12 @@ def find_predictions(pred_dir: Path, names: list[str], prefix: bool = False) -> 
     return files
 
 
-def prediction_table(kind: str, classes: ClassSet, id_type: str) -> np.ndarray:
-    """int64 [256]: prediction value -> train index, or ``C`` (void) for a value that maps to no class."""
+def prediction_table(classes: ClassSet, id_type: str) -> np.ndarray:
+    """int64 [256]: prediction value -> train index, or ``C`` (void) for a value that maps to no class. Label ids
+    are those of ``classes`` (the dataset's class set: Cityscapes label ids for every Cityscapes layout)."""
     num_classes = classes.num_classes
     if id_type == "label":
-        lut = (label_id_to_train_index() if kind in CITYSCAPES_KINDS else classes.lookup_table()).astype(np.int64)
+        lut = classes.lookup_table().astype(np.int64)
     elif id_type == "train":
         lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
         lut[:num_classes] = np.arange(num_classes)
@@ -86,7 +86,7 @@ def score_predictions(predictions: str | Path, root: str | Path, kind: str = "fo
         raise DataError(f"--predictions: {pred_dir} is not a folder; give the folder of predicted label PNGs")
     dataset = open_dataset(kind, str(root), split, labels=True)
     class_subsets = check_class_subsets(class_subsets, list(dataset.classes.names), "--class_subsets")
-    pred_lut = prediction_table(kind, dataset.classes, id_type)
+    pred_lut = prediction_table(dataset.classes, id_type)
     files = find_predictions(pred_dir, dataset.names, prefix=kind in ("cityscapes", "acdc", "darkzurich"))
     num_classes = dataset.classes.num_classes
     cm = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.long)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from jsonargparse import ArgumentError, ArgumentParser
 
+from adapt.catalogue import resolve
 from adapt.errors import ConfigError
 from adapt.workflows.evaluate import evaluate_command
 from adapt.workflows.fda import fda_checkpoint
@@ -22,12 +24,26 @@ from adapt.workflows.tta import adapt_checkpoint
 # names and types), and the arguments the runner fills in itself: the stage folder, and the run's seed (TENT's
 # batches, FDA's references)
 WORKFLOWS: dict[str, tuple[Callable, set[str]]] = {
-    "evaluate": (evaluate_command, {"out"}), "tta": (adapt_checkpoint, {"output", "seed"}),
+    "evaluate": (evaluate_command, {"output"}), "tta": (adapt_checkpoint, {"output", "seed"}),
     "fda": (fda_checkpoint, {"output", "seed"})}
 OUTPUTS = {"fit": "checkpoints/last.ckpt", "tta": "adapted.ckpt", "fda": "fda.ckpt", "evaluate": "metrics.json"}
 REFERENCE = re.compile(r"\$\{([^}]+)\}")
+# old option names -> the dialect's (README "Verbs"): still read, with a one-line warning, for one release; the verbs
+# (adapt.commands.run_verb) and the experiment stages' keys (check_spec) both read this table
+DEPRECATED = {"out": "output", "device": "accelerator", "input_root": "input", "output_root": "output"}
 KINDS = {"fit": {"name", "fit", "args"}, "evaluate": {"name", "evaluate"}, "tta": {"name", "tta"},
          "fda": {"name", "fda"}}
+
+
+_WARNED: set[str] = set()
+
+
+def deprecation(prog: str, old: str, new: str) -> None:
+    """The warning line of a deprecated option spelling, on stderr (once per process for each ``prog``)."""
+    line = f"{prog}: --{old} is deprecated; use --{new}"
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 def signature_parser(function: Callable, prog: str | None = None, positional: bool = False,
@@ -49,26 +65,31 @@ def _stage_parser(kind: str) -> ArgumentParser:
 
 def check_spec(kind: str, spec: Any, where: str) -> dict:
     """The keys of an evaluate, tta or fda stage, checked and converted like the verb's options (jsonargparse, from
-    the workflow's signature; defaults filled in). ConfigError (one line, naming ``where`` and the key) otherwise."""
+    the workflow's signature; defaults filled in). ConfigError (one line, naming ``where`` and the key) otherwise.
+    Unknown and missing keys are found from the signature, a value of the wrong type by parsing each key alone:
+    jsonargparse's errors carry their key only inside the message text."""
     function, filled = WORKFLOWS[kind]
     params = {n: p for n, p in inspect.signature(function).parameters.items() if n not in filled}
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: '{kind}:' takes a mapping of `adapt {kind}`'s options ({', '.join(params)})")
+    spec = dict(spec)
+    for old, new in DEPRECATED.items():
+        if old in spec and old not in params and new not in spec:
+            deprecation(f"{where}: {kind}", old, new)
+            spec[new] = spec.pop(old)
     if set(spec) & filled:
         key = sorted(set(spec) & filled)[0]
         raise ConfigError(f"{where}: {kind} key {key!r}: the runner sets it (the stage folder; the run's seed)")
+    if unknown := [key for key in spec if key not in params]:
+        raise ConfigError(f"{where}: unknown {kind} key {unknown[0]!r}; it takes {', '.join(params)}")
+    if missing := [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in spec]:
+        raise ConfigError(f"{where}: {kind} key {missing[0]!r} is required")
     try:
         checked = _stage_parser(kind).parse_object(spec).as_dict()
     except ArgumentError as err:
-        text = " ".join(str(err).split())
-        if found := re.search(r"Option '([^']+)' is not accepted", text):
-            message = f"unknown {kind} key {found[1]!r}; it takes {', '.join(params)}"
-        elif found := re.search(r"arguments are required: (.+)$", text):
-            message = f"{kind} key {found[1]!r} is required"
-        elif (found := re.search(r'Parser key "([^"]+)"', text)) and found[1] in params:
-            message = f"{kind} key {found[1]!r}: {spec.get(found[1])!r} is not of type {params[found[1]].annotation}"
-        else:
-            message = text
+        key = next((k for k in spec if not _valid(kind, k, spec[k])), None)
+        message = f"{kind} key {key!r}: {spec[key]!r} is not of type {params[key].annotation}" if key else \
+            " ".join(str(err).split())
         raise ConfigError(f"{where}: {message}") from None
     if kind == "evaluate":
         for key in ("root", "split", "kind"):
@@ -78,6 +99,24 @@ def check_spec(kind: str, spec: Any, where: str) -> dict:
     return checked
 
 
+def _valid(kind: str, key: str, value: Any) -> bool:
+    """Whether ``value`` is of the type of ``kind``'s argument ``key`` (a parser of that one argument reads it)."""
+    function = WORKFLOWS[kind][0]
+    others = {n for n in inspect.signature(function).parameters if n != key}
+    try:
+        signature_parser(function, skip=others).parse_object({key: value})
+    except ArgumentError:
+        return False
+    return True
+
+
+def check_output_key(doc: dict, path: Path) -> Any:
+    """The experiment's ``output:`` (None when absent); the old ``out:`` is refused with the key to write."""
+    if "out" in doc:
+        raise ConfigError(f"{path}: 'out:' was renamed: write 'output: {doc['out']}' (the folder everything goes to)")
+    return doc.get("output")
+
+
 def stage_kind(stage: dict) -> str:
     return next(k for k in KINDS if k in stage)
 
@@ -85,9 +124,10 @@ def stage_kind(stage: dict) -> str:
 def check_experiment(doc: dict, path: Path) -> list[dict]:
     """The stages of an experiment file, checked: known keys, unique names, recipes that exist, evaluate, tta and
     fda keys as their verbs read them, ``${NAME}`` naming an earlier stage with a checkpoint."""
-    unknown = set(doc) - {"out", "stages"}
+    check_output_key(doc, path)
+    unknown = set(doc) - {"output", "stages"}
     if unknown or not isinstance(doc.get("stages"), list) or not doc["stages"]:
-        raise ConfigError(f"{path}: an experiment has 'out' and a non-empty 'stages' list"
+        raise ConfigError(f"{path}: an experiment has 'output' and a non-empty 'stages' list"
                           f"{f' (unknown keys: {sorted(unknown)})' if unknown else ''}")
     kinds: dict[str, str] = {}
     for i, stage in enumerate(doc["stages"]):
@@ -102,16 +142,16 @@ def check_experiment(doc: dict, path: Path) -> list[dict]:
             raise ConfigError(f"{path}: stage name {name!r} must be unique and made of letters, digits, _ . - "
                               "(not first: . -)")
         if kind == "fit":
-            if not Path(stage["fit"]).is_file():
-                raise ConfigError(f"{where}: recipe {stage['fit']} not found (paths are relative to the folder you "
-                                  "run from)")
+            resolve(str(stage["fit"]), f"{where}: fit")  # a file (relative to the folder you run from) or a name
             if not isinstance(stage.get("args", []), list):
                 raise ConfigError(f"{where}: 'args' is a list of --key=value strings")
         else:
             check_spec(kind, stage[kind], where)
         for ref in references(stage.get("args", []) if kind == "fit" else stage[kind]):
-            if ref != "out" and kinds.get(ref, "evaluate") == "evaluate":
-                known = ["out", *(n for n, k in kinds.items() if k != "evaluate")]
+            if ref == "out":
+                raise ConfigError(f"{where}: ${{out}} was renamed: write ${{output}}")
+            if ref != "output" and kinds.get(ref, "evaluate") == "evaluate":
+                known = ["output", *(n for n, k in kinds.items() if k != "evaluate")]
                 raise ConfigError(f"{where}: ${{{ref}}} names no earlier stage with a checkpoint (known: "
                                   f"{', '.join(known)})")
         kinds[name] = kind

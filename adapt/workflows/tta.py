@@ -21,10 +21,11 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
-from adapt.checkpoints import atomic_save, load_checkpoint, load_segmenter
+from adapt.checkpoints import SEGMENTER_KIND, load_segmenter
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.errors import ConfigError, DataError
-from adapt.inference import crop_to_multiple
+from adapt.files import atomic_save
+from adapt.inference import Accelerator, crop_to_multiple, torch_device
 from adapt.losses import entropy
 from adapt.nets.segmenter import Segmenter, batch_norms
 
@@ -105,7 +106,8 @@ def tent(segmenter: Segmenter, loader: DataLoader, steps: int, lr: float = 1e-3,
 
 def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["adabn", "tent"] = "adabn",
                      split: str | None = None, kind: DatasetKind = "folder", steps: int = 50, lr: float = 1e-3,
-                     batch_size: int = 8, seed: int = 0, device: str = "cpu", weights_only: bool = True) -> dict:
+                     batch_size: int = 8, seed: int = 0, accelerator: Accelerator = "cpu",
+                     weights_only: bool = True) -> dict:
     """Adapt F to target images at test time, without labels: AdaBN (BatchNorm statistics) or TENT (+ entropy).
 
     The F of ``checkpoint`` is adapted to the (unlabelled) images of ``root`` and written to ``output``, an F
@@ -125,7 +127,7 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
             the images into near-equal batches of at most this many, never one of a single image (3 images at 2:
             one batch of 3).
         seed: the order of TENT's target batches (an experiment stage passes the run's seed).
-        device: torch device (cpu, cuda, ...).
+        accelerator: where F adapts: cpu (default), auto (cuda when available), gpu / cuda or mps.
         weights_only: read the checkpoint as tensors and plain values only (false: only for files you trust).
     """
     if method not in ("adabn", "tent"):
@@ -135,7 +137,7 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
     output = Path(output)
     if output.exists():
         raise ConfigError(f"--output: {output} exists; give a new path (adapt never overwrites a checkpoint)")
-    segmenter, _ = load_segmenter(checkpoint, "--checkpoint", weights_only)
+    loaded = load_segmenter(checkpoint, "--checkpoint", weights_only)
     dataset = open_dataset(kind, str(root), split, labels=False)
     if len(dataset) < 2:
         raise DataError(f"--root {root}: {len(dataset)} target image(s); {method} needs at least 2 (BatchNorm "
@@ -145,14 +147,14 @@ def adapt_checkpoint(checkpoint: str, root: str, output: str, method: Literal["a
     steps_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
                               generator=torch.Generator().manual_seed(seed))
     every_image = statistics_loader(dataset, batch_size)
-    segmenter = segmenter.to(device)
+    segmenter = loaded.segmenter.to(torch_device(accelerator))
     record = {"method": method, "root": str(root), "split": split, "kind": kind, "images": len(dataset),
               "checkpoint": str(checkpoint), "output": str(output)}
     if method == "adabn":
         adabn(segmenter, every_image)
     else:
         record.update(steps=steps, lr=lr, seed=seed, entropies=tent(segmenter, steps_loader, steps, lr, every_image))
-    ckpt = load_checkpoint(checkpoint, "--checkpoint", weights_only)
+    ckpt = dict(loaded.checkpoint, kind=SEGMENTER_KIND)  # an F checkpoint, also from one older than kinds
     state = {f"segmenter.{k}": v.cpu() for k, v in segmenter.state_dict().items()}
     ckpt["state_dict"] = {**ckpt["state_dict"], **state}
     for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):  # weights only: not resumable

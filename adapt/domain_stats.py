@@ -1,5 +1,5 @@
-"""How far apart two image domains are, and in what way: the measurements behind ``adapt data gap``
-(``adapt.workflows.gap`` reads the images, runs the encoder, prints and draws).
+"""Statistics of image domains: how far apart two domains are, and in what way. The mathematics behind
+``adapt data gap`` (``adapt.workflows.gap`` reads the images and runs the encoder; ``adapt.plots`` draws).
 
 - class pixel shares of labels and two distances between them (total variation, Jensen-Shannon);
 - colour statistics, accumulated image by image (``ColourStats``);

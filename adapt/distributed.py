@@ -1,13 +1,17 @@
-"""Batch normalization over the global batch of all processes, on any device.
+"""Training on several processes (DDP): batch normalization over the global batch, on any device.
 
-``torch.nn.SyncBatchNorm`` only runs on GPUs (and a few other accelerators); on the CPU it raises, and DDP refuses it
-on CPU modules. ``CPUSyncBatchNorm`` fills that gap: the batch mean and variance are sums all-reduced across
-processes by a differentiable all-reduce, whose backward all-reduces the gradients, so both the forward and the
-backward equal those of one process holding the whole batch. On GPUs torch's class is used.
+- ``all_reduce``: a differentiable sum over processes (its backward all-reduces the gradients).
+- ``CPUSyncBatchNorm``: ``torch.nn.SyncBatchNorm`` only runs on GPUs (and a few other accelerators); on the CPU it
+  raises, and DDP refuses it on CPU modules. This class fills that gap: the batch mean and variance are sums
+  all-reduced across processes by ``all_reduce``, so both the forward and the backward equal those of one process
+  holding the whole batch. On GPUs torch's class is used (``convert_sync_batchnorm``).
+- ``SyncBatchNormPlugin``: the Lightning plugin that converts a model's BatchNorm layers; the ``adapt`` CLI adds it
+  whenever ``trainer.sync_batchnorm`` is true. In Python: ``Trainer(sync_batchnorm=True,
+  plugins=[SyncBatchNormPlugin()])``.
 
-``SyncBatchNormPlugin`` is the Lightning plugin that converts a model's BatchNorm layers to it; the ``adapt`` CLI
-adds it whenever ``trainer.sync_batchnorm`` is true. In Python: ``Trainer(sync_batchnorm=True,
-plugins=[SyncBatchNormPlugin()])``.
+Nets stay plain torch (``adapt.nets``): what needs a process group or a Trainer lives here. A loss's mean over the
+labelled pixels of the global batch is ``adapt.losses.global_batch_mean`` (plain torch; the tasks give it the
+strategy's sum over processes).
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ class SyncBatchNormPlugin(TorchSyncBatchNorm):
     strategy's; on CPUs the layers stay ``CPUSyncBatchNorm`` after the fit, which is plain batch norm there)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
+        # private: LayerSync.apply receives only the model, and the device it will train on is known only to the
+        # strategy, reachable through the LightningModule's _trainer (None when the model is not in a fit)
         trainer = getattr(model, "_trainer", None)
         device = trainer.strategy.root_device if trainer is not None else next(model.parameters()).device
         return convert_sync_batchnorm(model, cpu=device.type == "cpu")
