@@ -148,8 +148,10 @@ def load_segmenter(path: str | Path, what: str = "--checkpoint", weights_only: b
     if not isinstance(ckpt.get("state_dict"), dict) or not {"arch", "class_names"} <= set(hp):
         raise ConfigError(f"{what}: {path} lacks F's weights or its hyperparameters arch and class_names; give the "
                           ".ckpt that adapt fit (or adapt tta) wrote")
-    segmenter = build_segmenter(hp["arch"], hp.get("encoder_name", "resnet18"), None,
-                                num_classes=len(hp["class_names"]), **(hp.get("segmenter_kwargs") or {}))
+    with torch.random.fork_rng(devices=[]):  # the random initial weights (replaced below) must not move the
+        # caller's RNG: init_from inside a fit would otherwise change every later draw (dropout, drop path)
+        segmenter = build_segmenter(hp["arch"], hp.get("encoder_name", "resnet18"), None,
+                                    num_classes=len(hp["class_names"]), **(hp.get("segmenter_kwargs") or {}))
     with_recorded_multi_resolution(segmenter, hp).load_state_dict(segmenter_state(ckpt))
     subsets = hp.get("class_subsets")
     return LoadedSegmenter(segmenter.eval(), list(hp["class_names"]), int(hp.get("ignore_index", IGNORE_INDEX)),

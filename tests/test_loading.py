@@ -70,6 +70,18 @@ def test_the_loaded_f_carries_its_classes_and_normalisation(checkpoints, tiny_pa
     assert adapted and all("running" in k or "num_batches" in k for k in adapted)  # AdaBN: statistics only
 
 
+def test_loading_f_leaves_the_callers_random_state_alone(checkpoints, tiny_pair):
+    """init_from runs inside a fit, after seeding: building the network to load into must not draw from the global
+    RNG, or every later draw of the fit (dropout, drop path) changes with the loader (it once did: MIC's numbers)."""
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    task = SegmentationTask(arch="fpn", class_names=tiny_datamodule(tiny_pair).class_names)
+    torch.manual_seed(7)
+    load_segmenter(checkpoints["fit"])
+    task.init_from(checkpoints["fit"])
+    assert torch.equal(torch.rand(4), expected)
+
+
 def verb_args(verb: str, checkpoint: Path, pair: Path, out: Path) -> list[str]:
     """A cheap run of ``verb`` on F ``checkpoint``: evaluate, predict and tta on the target's 6 val images."""
     given = ["--checkpoint", str(checkpoint)]
