@@ -6,7 +6,8 @@ exactly this): PNG decode of image and label, label lookup, the preset's albumen
 (no crop) and the conversion to a float tensor. Each sample gets its own seed, as in training. The median of
 ``--repeats`` passes is reported as images/s per worker; a loader with W workers peaks near W times that.
 
-    python benchmarks/augment_throughput.py                      # 512x1024 and 1024x2048, presets none/weak/strong
+    python benchmarks/augment_throughput.py --output benchmarks/results/augment_throughput.txt
+                                # 512x1024 and 1024x2048, presets none/weak/strong; the table also goes to --output
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+
+from record import write_result
 
 from adapt.data.augment import PRESETS, build_augment
 from adapt.data.folder import FolderDataset
@@ -48,10 +51,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma-separated HxW")
     parser.add_argument("--images", type=int, default=8, help="distinct images per size")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the images per preset")
+    parser.add_argument("--output", default=None, help="also write the table to this result file")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # a DataLoader worker: one core
-    print(f"one worker (cv2 threads 1), {args.images} PNG images per size, median of {args.repeats} passes")
-    print(f"{'size':>10s} {'preset':>7s} {'images/s':>9s} {'ms/image':>9s}")
+    lines = [f"one worker (cv2 threads 1), {args.images} PNG images per size (rendered synthetic scenes), median of "
+             f"{args.repeats} passes", f"{'size':>10s} {'preset':>7s} {'images/s':>9s} {'ms/image':>9s}"]
+    print("\n".join(lines))
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.sizes.split(","):
             size = tuple(int(v) for v in text.lower().split("x"))
@@ -66,7 +71,10 @@ def main() -> None:
                         dataset[(i, sample_seed(0, 0, epoch, i))]
                     rates.append(len(dataset) / (time.perf_counter() - start))
                 rate = statistics.median(rates)
-                print(f"{text:>10s} {preset:>7s} {rate:9.2f} {1000 / rate:9.1f}", flush=True)
+                lines.append(f"{text:>10s} {preset:>7s} {rate:9.2f} {1000 / rate:9.1f}")
+                print(lines[-1], flush=True)
+    if args.output:
+        write_result(args.output, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ run are reused), then prints, from the stages' ``stage.json`` (the evaluate stag
 - for each self-training run, the checkpoint its validators choose over its validation rounds (on the development
   frames) against the development-label choice and the last round.
 
-    python benchmarks/camvid_table.py                      # seeds 3 4 5: the confirmatory run (the headline)
+    python benchmarks/camvid_table.py --output benchmarks/results/camvid_seeds_3_4_5.txt   # the confirmatory run
     python benchmarks/camvid_table.py --seeds 0 1 2        # the development record
     python benchmarks/camvid_table.py --no-run             # only print the tables of what has run
+
+``--output FILE`` writes the printed tables to a result file under a header (command, commit, date, machine).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapt.checkpoints import atomic_write
+from record import write_result
+
 from adapt.workflows.compare import compare_runs, miou_summary
 
 # row label -> (evaluate stage, stages whose wall time the row costs); F: FPN on EfficientNet-Lite0 from ImageNet
@@ -157,15 +160,15 @@ def selection_table(out: Path, seeds: list[int], name: str = "self_training") ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
-    parser.add_argument("--out", default="runs/camvid/benchmark")
+    parser.add_argument("--runs", default="runs/camvid/benchmark", help="the experiment's folder")
     parser.add_argument("--no-run", dest="run", action="store_false", help="print the tables of what has run")
-    parser.add_argument("--output", default=None, help="also write the printed tables to this file")
+    parser.add_argument("--output", default=None, help="also write the printed tables to this result file")
     args, extra = parser.parse_known_args()
     if args.run:
-        command = [sys.executable, "-m", "adapt.cli", "run", "recipes/camvid/benchmark.yaml", "--out", args.out,
+        command = [sys.executable, "-m", "adapt.cli", "run", "recipes/camvid/benchmark.yaml", "--output", args.runs,
                    "--seeds", *map(str, args.seeds), *extra]
         subprocess.run(command, check=True)
-    out = Path(args.out)
+    out = Path(args.runs)
     parts = [f"CamVid day -> dusk, the 31 dusk test frames (dusk/splits/eval.txt), seeds "
              f"{' '.join(map(str, args.seeds))}; mIoU in %; std: sample std over seeds; interval: 95 % percentile "
              "bootstrap over frames and seeds; gap: share of the source-only -> reference gap closed (means)",
@@ -174,8 +177,7 @@ def main() -> None:
     text = "\n\n".join(parts)
     print("\n" + text)
     if args.output:
-        atomic_write(args.output, lambda f: f.write((text + "\n").encode()))
-        print(f"\nwritten to {args.output}")
+        write_result(args.output, text)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ Reports the process's peak resident memory (``ru_maxrss``: Python, torch, the da
 activations; everything the run held at its largest) and, on a GPU, ``torch.cuda.max_memory_allocated``. The
 recipe runs unchanged apart from its output and data folders; extra ``--key=value`` overrides are passed on.
 
-    python benchmarks/demo_memory.py                                   # recipes/demo/source_only.yaml
+    python benchmarks/demo_memory.py --output benchmarks/results/demo_memory.txt   # recipes/demo/source_only.yaml
     python benchmarks/demo_memory.py recipes/demo/randomized.yaml --trainer.accelerator=gpu
 """
 
@@ -18,11 +18,13 @@ import tempfile
 import time
 
 import torch
+from record import write_result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", nargs="?", default="recipes/demo/source_only.yaml")
+    parser.add_argument("--output", default=None, help="also write the figures to this result file")
     args, overrides = parser.parse_known_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from adapt.cli import quiet_lightning, run_lightning
@@ -35,12 +37,15 @@ def main() -> None:
                        f"--data.init_args.root={tmp}/data", "--trainer.enable_progress_bar=false", *overrides])
         seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(f"\n{args.recipe}: fit {seconds:.0f} s; peak resident memory {peak:.0f} MiB "
-          f"({before:.0f} MiB after imports, before the fit)")
+    lines = [f"{args.recipe}: fit {seconds:.0f} s (writing the synthetic pair included); peak resident memory "
+             f"{peak:.0f} MiB ({before:.0f} MiB after imports, before the fit)"]
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-        print(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, "
-              f"reserved {torch.cuda.max_memory_reserved() / 2**20:.0f} MiB")
+        lines.append(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, "
+                     f"reserved {torch.cuda.max_memory_reserved() / 2**20:.0f} MiB")
+    print("\n" + "\n".join(lines))
     sys.stdout.flush()
+    if args.output:
+        write_result(args.output, "\n".join(lines))
 
 
 if __name__ == "__main__":

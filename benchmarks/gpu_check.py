@@ -14,7 +14,7 @@
    then ``adapt evaluate`` with the sliding-window protocol on its Cityscapes val images: finite losses (the run
    guard stops on a non-finite one), a checkpoint, metrics written. Its wall time and the fit's peak GPU memory.
 
-    python benchmarks/gpu_check.py              # on one GPU
+    python benchmarks/gpu_check.py --output benchmarks/results/gpu_check.txt   # on one GPU; the table to a file too
     python benchmarks/gpu_check.py --dry-run    # the same code on CPU at tiny sizes (tests/test_gpu_check.py)
 """
 
@@ -93,9 +93,10 @@ def mic_check(dry_run: bool, steps: int, work: Path, device: str) -> dict:
     import torch
 
     from adapt.cli import main as adapt
-    from adapt.data.cityscapes import write_tiny_cityscapes
-    from adapt.data.gta5 import write_tiny_gta5
     from adapt.nets.segmenter import build_segmenter
+
+    sys.path.insert(0, str(REPO / "tests"))  # the tiny-tree writers live with the tests
+    from trees import write_tiny_cityscapes, write_tiny_gta5
 
     gta_size, city_size = ((64, 112), (64, 128)) if dry_run else ((1052, 1914), (1024, 2048))
     write_tiny_gta5(work / "gta5", num=4, size=gta_size)
@@ -113,7 +114,7 @@ def mic_check(dry_run: bool, steps: int, work: Path, device: str) -> dict:
     if dry_run:  # tiny: the smallest MiT, crops and HRDA's detail crop scaled down, on the CPU
         overrides += ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1",
                       "--data.init_args.crop_size=[64, 64]",
-                      "--data.init_args.batch_size=2", "--model.init_args.hrda_detail_crop=[32, 32]",
+                      "--data.init_args.batch_size=2", "--model.init_args.multi_resolution.detail_crop=[32, 32]",
                       "--data.init_args.num_workers=0"]
     else:
         overrides += ["--trainer.devices=1"]  # the recipe's GPU, bf16, batch 2, 1024 crops, 512 detail crops
@@ -130,7 +131,7 @@ def mic_check(dry_run: bool, steps: int, work: Path, device: str) -> dict:
     window = "[64, 64]" if dry_run else "[1024, 1024]"
     _call(adapt, ["evaluate", "--checkpoint", str(checkpoint), "--kind", "cityscapes", "--root",
                   str(work / "cityscapes"), "--split", "val", "--protocol", "slide", "--window", window,
-                  "--out", str(work / "eval"), "--plots", "false", "--accelerator", device],
+                  "--output", str(work / "eval"), "--plots", "false", "--accelerator", device],
           "sliding-window evaluation")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     return {"steps": steps, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps per run (default 10; dry run 2)")
     parser.add_argument("--repeats", type=int, help="plain/adapt pairs per setting (default 2; dry run 1)")
     parser.add_argument("--mic_steps", type=int, help="MIC iterations (default 100; dry run 2)")
+    parser.add_argument("--output", default=None, help="also write the table to this result file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # one setting, or the MIC check
     args = parser.parse_args()
     dry = args.dry_run
@@ -188,28 +190,35 @@ def main() -> None:
         sys.exit("gpu_check: no CUDA device here; run it on a GPU machine, or --dry-run to check the code on CPU")
     started = time.perf_counter()
     where = "CPU (dry run: tiny sizes, not a measurement)" if dry else torch.cuda.get_device_name()
-    print(f"gpu_check on {where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; {warmup} untimed + "
-          f"{steps} timed steps per run, {repeats} plain/adapt pair(s) per setting, each setting in a fresh process")
-    header = (f"{'model':<30} {'batch':>5} {'size':>5} {'precision':<10} {'NHWC':<4} {'compile':<8} "
-              f"{'plain img/s':>11} {'adapt img/s':>11} {'ratio':>6} {'plain MiB':>10} {'adapt MiB':>10} {'row s':>6}")
-    print(header, flush=True)
+    lines = [f"gpu_check on {where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; {warmup} untimed + "
+             f"{steps} timed steps per run, {repeats} plain/adapt pair(s) per setting, each setting in a fresh "
+             "process",
+             f"{'model':<30} {'batch':>5} {'size':>5} {'precision':<10} {'NHWC':<4} {'compile':<8} "
+             f"{'plain img/s':>11} {'adapt img/s':>11} {'ratio':>6} {'plain MiB':>10} {'adapt MiB':>10} {'row s':>6}"]
+    print("\n".join(lines), flush=True)
     for setting in settings(dry):
         row_started = time.perf_counter()  # compiled settings: one pair (each side compiles its own F)
         row = _child(["--child", json.dumps(setting), *sys.argv[1:], *(["--repeats", "1"] if setting["compile"]
                                                                       else [])])
         plain, ours = row["plain"], row["adapt"]
-        print(f"{setting['model']:<30} {setting['batch_size']:>5} {setting['size']:>5} {setting['precision']:<10} "
-              f"{'on' if setting['channels_last'] else 'off':<4} {setting['compile'] or 'off':<8} "
-              f"{plain['images_per_s']:>11.2f} {ours['images_per_s']:>11.2f} "
-              f"{ours['images_per_s'] / plain['images_per_s']:>6.3f} {_mib(plain['peak_mib']):>10} "
-              f"{_mib(ours['peak_mib']):>10} {time.perf_counter() - row_started:>6.0f}", flush=True)
+        lines.append(f"{setting['model']:<30} {setting['batch_size']:>5} {setting['size']:>5} "
+                     f"{setting['precision']:<10} {'on' if setting['channels_last'] else 'off':<4} "
+                     f"{setting['compile'] or 'off':<8} {plain['images_per_s']:>11.2f} {ours['images_per_s']:>11.2f} "
+                     f"{ours['images_per_s'] / plain['images_per_s']:>6.3f} {_mib(plain['peak_mib']):>10} "
+                     f"{_mib(ours['peak_mib']):>10} {time.perf_counter() - row_started:>6.0f}")
+        print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory() as work:
         mic = _child(["--child", "mic", work, *sys.argv[1:]])
-    print(f"MIC recipe (gta5_to_cityscapes/mic.yaml), {mic['steps']} iterations on synthetic GTA5 / Cityscapes "
-          f"trees at {'tiny' if dry else 'full'} resolution: fit {mic['fit_seconds']:.0f} s, peak "
-          f"{_mib(mic['peak_mib'])} MiB, finite losses, {mic['checkpoint']} written, sliding-window evaluation "
-          f"mIoU {mic['miou']:.2f} % (random labels and weights: it shows that it runs, not how well)")
-    print(f"total {time.perf_counter() - started:.0f} s")
+    lines += [f"MIC recipe (gta5_to_cityscapes/mic.yaml), {mic['steps']} iterations on synthetic GTA5 / Cityscapes "
+              f"trees at {'tiny' if dry else 'full'} resolution: fit {mic['fit_seconds']:.0f} s, peak "
+              f"{_mib(mic['peak_mib'])} MiB, finite losses, {mic['checkpoint']} written, sliding-window evaluation "
+              f"mIoU {mic['miou']:.2f} % (random labels and weights: it shows that it runs, not how well)",
+              f"total {time.perf_counter() - started:.0f} s"]
+    print("\n".join(lines[-2:]))
+    if args.output:
+        from record import write_result  # benchmarks/ is on sys.path: this file runs as a script
+
+        write_result(args.output, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ alternate (plain, adapt, plain, ...) so that machine noise hits both, each in a 
 inherits another's memory or threads); the medians over ``--repeats`` pairs are reported.
 
     python benchmarks/train_step.py                       # CPU defaults: FPN-R18, batch 4, 256x512
+    python benchmarks/train_step.py --batch_size 8 --size 64 128 --steps 40 --warmup 5 \
+        --output benchmarks/results/train_step.txt        # short steps: a fixed per-step cost would show
     python benchmarks/train_step.py --device cuda --batch_size 8 --size 512 1024 --precision bf16-mixed
 """
 
@@ -28,6 +30,7 @@ import torch
 from torch.nn import functional as nnf
 from torch.utils.data import DataLoader, Dataset
 
+from record import write_result
 from adapt.callbacks import AtomicCheckpointIO, run_guard
 from adapt.cli import quiet_lightning
 from adapt.nets.segmenter import build_segmenter
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"))
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", help="torch.compile F with this backend on both sides (inductor, eager...)")
+    parser.add_argument("--output", default=None, help="also write the runs and medians to this result file")
     parser.add_argument("--only", choices=("plain", "adapt"), help=argparse.SUPPRESS)  # one run (a child process)
     args = parser.parse_args()
     quiet_lightning()
@@ -159,22 +163,27 @@ def main() -> None:
         seconds = (plain_loop if args.only == "plain" else adapt_fit)(args, loader, device, total)
         print(f"RATE {args.steps * args.batch_size / seconds}")
         return
-    print(f"{args.arch}-{args.encoder_name}, batch {args.batch_size} x {args.size[0]}x{args.size[1]}, "
-          f"{args.precision}{', channels_last' if args.channels_last else ''}"
-          f"{f', compiled ({args.compile})' if args.compile else ''}, {device}, "
-          f"torch threads {torch.get_num_threads()}; {args.steps} timed steps after {args.warmup}; "
-          "each run in a fresh process")
+    lines = [f"{args.arch}-{args.encoder_name}, batch {args.batch_size} x {args.size[0]}x{args.size[1]}, "
+             f"{args.precision}{', channels_last' if args.channels_last else ''}"
+             f"{f', compiled ({args.compile})' if args.compile else ''}, {device}, "
+             f"torch threads {torch.get_num_threads()}; {args.steps} timed steps after {args.warmup}; "
+             "each run in a fresh process"]
+    print(lines[0])
     rates: dict[str, list[float]] = {"plain": [], "adapt": []}
     for repeat in range(args.repeats):
         for name in ("plain", "adapt"):
             out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name], capture_output=True,
                                  text=True, check=True).stdout
             rates[name].append(float(next(line for line in out.splitlines() if line.startswith("RATE ")).split()[1]))
-            print(f"  repeat {repeat + 1} {name:5s}: {rates[name][-1]:8.2f} images/s", flush=True)
+            lines.append(f"  repeat {repeat + 1} {name:5s}: {rates[name][-1]:8.2f} images/s")
+            print(lines[-1], flush=True)
     plain, adapt = statistics.median(rates["plain"]), statistics.median(rates["adapt"])
     pairs = [a / p for a, p in zip(rates["adapt"], rates["plain"])]
-    print(f"median images/s: plain loop {plain:.2f}, adapt {adapt:.2f}; ratio of medians {adapt / plain:.3f}, "
-          f"median of per-repeat ratios {statistics.median(pairs):.3f}")
+    lines.append(f"median images/s: plain loop {plain:.2f}, adapt {adapt:.2f}; ratio of medians "
+                 f"{adapt / plain:.3f}, median of per-repeat ratios {statistics.median(pairs):.3f}")
+    print(lines[-1])
+    if args.output:
+        write_result(args.output, "\n".join(lines))
 
 
 if __name__ == "__main__":
