@@ -72,9 +72,12 @@ def resolve(value: str | Path, where: str = "--config") -> Path:
 def recipe_file(value: str) -> str:
     """``value`` itself when it is a file or names no shipped recipe, else the path of the shipped recipe it names
     (what ``adapt fit --config`` reads)."""
-    if Path(value).is_file() or value.removesuffix(".yaml") not in recipe_names():
+    if Path(value).is_file():
         return value
-    return str(recipes_root() / f"{value.removesuffix('.yaml')}.yaml")
+    try:
+        return str(resolve(value))
+    except ConfigError:  # neither: LightningCLI names the missing --config file itself
+        return value
 
 
 def copy_recipes(what: str, output: str | Path) -> list[Path]:
