@@ -25,6 +25,7 @@ from adapt.metrics import (Calibration, ClassSubset, ConfusionMatrix, Validators
                            confusion_matrices, image_counts, summarize)
 from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
+from adapt.optimization import lr_scheduler, parameter_groups
 from adapt.plots import example_row, log_picture
 
 VAL_PICTURES = 4  # validation examples logged as pictures each round (to loggers that take pictures)
@@ -42,7 +43,9 @@ class SegmentationTask(pl.LightningModule):
         lr: peak learning rate.
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
-        lr_schedule: ``poly`` (lr * (1 - step / total) ** 0.9, per step, the segmentation standard) or ``constant``.
+        lr_schedule: ``poly`` (lr * (1 - step / total) ** poly_power, per step, the segmentation standard) or
+            ``constant``.
+        poly_power: the poly schedule's power (0.9, mmseg's default; DAFormer / HRDA / MIC: 1.0, linear).
         translator_checkpoint: a TranslationTask checkpoint; F then trains on ``g_st(x_s)`` (source images
             rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
         segmenter_kwargs: further smp model arguments, by smp's names (``decoder_dropout: 0.0`` for FPN, say).
@@ -57,8 +60,10 @@ class SegmentationTask(pl.LightningModule):
         encoder_lr_factor: the encoder learns at ``lr * encoder_lr_factor`` (0.1 is common when fine-tuning).
         head_lr_factor: every parameter that is not the encoder's (decoder and classifier) learns at
             ``lr * head_lr_factor``. DAFormer's recipe: lr 6e-5, head_lr_factor 10.
-        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the first steps
-            (then follows ``lr_schedule``, counted from step 0).
+        warmup_steps: mmcv's linear warmup (DAFormer's): the learning rate rises from ``1e-6 * lr`` at step 0 to
+            ``lr_schedule``'s own value at ``warmup_steps`` (``adapt.optimization.lr_factor``).
+        encoder_norm_decay: weight decay on the encoder's normalisation layers; false exempts them, as DAFormer /
+            HRDA / MIC do (``adapt.optimization.parameter_groups``).
         class_subsets: means over class subsets reported beside the mIoU (``adapt.metrics.CLASS_SUBSETS``):
             ``[synthia16, synthia13]`` logs ``val/miou_16`` and ``val/miou_13`` (SYNTHIA -> Cityscapes), and
             ``adapt evaluate`` of the checkpoint writes them into metrics.json.
@@ -76,12 +81,16 @@ class SegmentationTask(pl.LightningModule):
                  segmenter_kwargs: dict | None = None, channels_last: bool = False,
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
                  encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0,
-                 class_subsets: list[ClassSubset] | None = None) -> None:
+                 class_subsets: list[ClassSubset] | None = None, poly_power: float = 0.9,
+                 encoder_norm_decay: bool = True) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
         if warmup_steps < 0:
             raise ConfigError(f"model.init_args.warmup_steps: {warmup_steps}; give 0 (no warmup) or more steps")
+        if not poly_power > 0:
+            raise ConfigError(f"model.init_args.poly_power: {poly_power}; give a power > 0 (0.9, or 1.0 for a linear "
+                              "decay)")
         self.save_hyperparameters()
         self.class_names = list(class_names)
         self.class_subsets = check_class_subsets(class_subsets, self.class_names, "model.init_args.class_subsets")
@@ -261,27 +270,19 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        encoder = {id(p) for p in self.segmenter.net.encoder.parameters()}
-        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in encoder],
-                   "lr": hp.lr * hp.head_lr_factor},  # group 0: decoder and head
-                  {"params": [p for p in self.segmenter.net.encoder.parameters() if p.requires_grad],
-                   "lr": hp.lr * hp.encoder_lr_factor}]  # group 1: the encoder (empty when frozen)
+        # group 0: decoder and heads; 1: the encoder (empty when frozen); 2 (encoder_norm_decay false): its norms
+        groups = [{"params": params, "lr": hp.lr * factor, "weight_decay": decay} for params, factor, decay
+                  in parameter_groups(self, self.segmenter.net.encoder, hp.head_lr_factor, hp.encoder_lr_factor,
+                                      hp.weight_decay, hp.encoder_norm_decay)]
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant" and not hp.warmup_steps:
             return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        if hp.warmup_steps:
-            def factor(step: int) -> float:  # warmup times poly (or constant)
-                decay = (1 - min(step, total) / total) ** 0.9 if hp.lr_schedule == "poly" else 1.0
-                return min(1.0, (step + 1) / hp.warmup_steps) * decay
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        else:
-            schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=0.9)
+        schedule = lr_scheduler(optimizer, max(int(self.trainer.estimated_stepping_batches), 1), hp.warmup_steps,
+                                hp.lr_schedule, hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
 
 def _example(x_t: torch.Tensor, pred_t: torch.Tensor, y_t: torch.Tensor, x_ts: torch.Tensor | None,
              max_side: int = 1024) -> dict:
