@@ -42,7 +42,7 @@ def test_photometric_leaves_mask_untouched(preset):
         out = pipeline(image=image, mask=label.copy())
         assert np.array_equal(out["mask"], label)
         changed += not np.array_equal(out["image"], image)
-    assert preset == "none" or changed >= 10
+    assert changed == 0 if preset in ("none", "flip") else changed >= 10  # flip: no photometric change at all
 
 
 def test_full_strong_preset_keeps_mask_values_and_shape():
@@ -81,5 +81,21 @@ def test_custom_pipeline_inline_and_from_file(tmp_path):
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(DataError, match="neither a preset"):
+    with pytest.raises(DataError, match=r"^data\.init_args\.augment: 'strongest' is neither a preset"):
         build_augment("strongest")
+    with pytest.raises(DataError, match=r"^data\.init_args\.target_augment: 'x' is neither a preset"):
+        build_augment("x", key="data.init_args.target_augment")
+
+
+def test_flip_preset_flips_half_the_images_and_nothing_else():
+    image, label = blocks()
+    pipeline = build_augment("flip")
+    assert [type(t).__name__ for t in pipeline.pipeline.transforms] == ["HorizontalFlip"]
+    pipeline.set_random_seed(0)
+    flips, runs = 0, 400
+    for _ in range(runs):
+        out = pipeline(image=image, mask=label)
+        flipped = np.array_equal(out["mask"], label[:, ::-1])
+        assert np.array_equal(out["image"], image[:, ::-1] if flipped else image)
+        flips += flipped
+    assert abs(flips - runs / 2) <= 4 * np.sqrt(runs / 4)  # mmseg RandomFlip(prob=0.5): binomial bounds

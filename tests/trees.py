@@ -140,3 +140,21 @@ def write_tiny_carla(root: str | Path, num: int = 3, size: tuple[int, int] = (16
         ok &= cv2.imwrite(str(root / "semantic" / name), np.dstack([noise[..., 0], noise[..., 1], tag, alpha]))
         if not ok:
             raise DataError(f"{root}: cannot write the tiny CARLA frames")
+
+
+def write_folder_domain(root: str | Path, labels: Sequence[np.ndarray], images: Sequence[np.ndarray] | None = None,
+                        num_classes: int = 3, seed: int = 0) -> list[str]:
+    """A folder-format domain with the given uint8 [H, W] label maps (class ids 0..num_classes-1, 255 = ignore)
+    and their uint8 [H, W, 3] images (random ones when None): ``images/NNN.png``, ``labels/NNN.png`` and a
+    ``classes.yaml`` naming classes ``c0``, ``c1``, ... Returns the names, in order."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    names = [f"{i:03d}" for i in range(len(labels))]
+    for k, (name, label) in enumerate(zip(names, labels)):
+        image = images[k] if images is not None else rng.integers(0, 256, (*label.shape, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{name}.png")
+        Image.fromarray(label.astype(np.uint8)).save(root / "labels" / f"{name}.png")
+    classes = "\n".join(f"  - {{id: {c}, name: c{c}}}" for c in range(num_classes))
+    (root / "classes.yaml").write_text(f"ignore_index: 255\nclasses:\n{classes}\n")
+    return names

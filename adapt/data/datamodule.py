@@ -16,12 +16,12 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from adapt.data import synthetic
-from adapt.data.augment import build_augment, seed_augment
+from adapt.data.augment import TrainTransform, build_augment, check_transform_args, seed_augment
 from adapt.data.datasets import DatasetKind, dataset_classes, open_dataset
-from adapt.data.folder import ImageLabelDataset
+from adapt.data.folder import ImageLabelDataset, Joined
 from adapt.data.labels import ClassSet
 from adapt.data.rare_class import RareClassSampler, RareClassSampling, class_stats
 from adapt.data.sampling import EvenSampler, ShardedSampler, global_seed
@@ -49,12 +49,31 @@ class DomainDataModule(pl.LightningDataModule):
         source_kind: layout of ``source_root``: ``folder``, ``gta5``, ``cityscapes``, ``synthia``, ``acdc``,
             ``darkzurich``, ``carla`` (CARLA 0.9.14+ tags) or ``carla_legacy`` (0.9.0-0.9.13 tags).
         target_kind: layout of ``target_root`` and ``val_root``.
-        augment: domain randomization of source images: a preset (``none``, ``weak``, ``strong``), a pipeline file
-            or an inline albumentations pipeline (see ``adapt.data.augment.build_augment``).
+        augment: domain randomization of source images: a preset (``none``; ``flip``: horizontal flip only, as
+            DAFormer / HRDA / MIC; ``weak``: flip and mild colour; ``strong``), a pipeline file or an inline
+            albumentations pipeline (see ``adapt.data.augment.build_augment``).
+        target_augment: augmentation of the unlabelled target training images, the same kinds of values as
+            ``augment``; ``none`` (resize and crop only) or ``flip`` (DAFormer / HRDA / MIC flip both domains).
+            Use geometry only: the self-training tasks add their own colour augmentation to the images the
+            student sees, and the teacher should label the target as it looks.
         crop_size: ``(height, width)`` of random training crops; whole images when None (then all images of a
             domain must have one size).
-        resize: ``(height, width)`` training images of both domains are resized to before augmentation and
-            cropping (validation images keep their size: the evaluation protocol decides); None keeps sizes.
+        resize: ``(height, width)`` the training images of the source (and of the target, unless
+            ``target_resize`` is set) are resized to before augmentation and cropping (validation images keep their
+            size: the evaluation protocol decides); None keeps sizes.
+        target_resize: the target training images' own size, as ``resize``; None: ``resize``.
+        keep_ratio: False stretches images to exactly ``resize`` / ``target_resize`` (area interpolation); True
+            keeps each image's aspect ratio, rescaling it by the largest factor that keeps its long side within
+            the larger and its short side within the smaller of the two numbers, sides rounded as
+            ``int(side * factor + 0.5)``, bilinear (mmseg's ``Resize``, as DAFormer / HRDA / MIC: GTA5's 1052x1914
+            frames at ``resize: [720, 1280]`` become 704x1280, at ``[1440, 2560]`` 1407x2560). Labels: nearest.
+        cat_max_ratio: a crop of a labelled source image is drawn again (up to 10 times, mmseg's ``RandomCrop``)
+            while it shows fewer than two classes or one class holds this share or more of its labelled pixels;
+            1.0 = off (DAFormer / HRDA / MIC on GTA5 and SYNTHIA: 0.75).
+        pseudo_label_margins: ``(top, bottom, left, right)`` pixels of the resized target image whose pseudo-labels
+            do not count: each target training sample then carries ``valid`` (uint8 [H, W], 1 where a pseudo-label
+            counts), built at full size and cropped / flipped with the image (DAFormer: ``[15, 120, 0, 0]`` with
+            512-row images; HRDA / MIC: ``[30, 240, 30, 30]``); None: no ``valid`` key.
         batch_size: images per domain per training step and process (global batch: batch_size x processes).
         val_batch_size: images per validation / test step.
         num_workers: DataLoader worker processes per loader.
@@ -69,7 +88,9 @@ class DomainDataModule(pl.LightningDataModule):
             the validation split.
         few_shot_repeat: how often each drawn image appears per epoch (a few images among many source ones).
         rare_class_sampling: rare-class sampling of source images (DAFormer's RCS, ``adapt.data.rare_class``):
-            ``{temperature: 0.01}`` draws a class by rarity, then an image showing it; null draws a plain shuffle.
+            ``{temperature: 0.01, min_pixels: 3000, min_crop_ratio: 0.5}`` draws a class by rarity, then an image
+            with more than ``min_pixels`` of it, then crops until the crop holds more than ``min_pixels *
+            min_crop_ratio`` of it (HRDA / MIC: ``min_crop_ratio: 2.0``); null draws a plain shuffle.
             Class pixel counts are read once and cached in ``rare_class_stats.json`` under the trainer's
             ``default_root_dir``. Does not combine with ``few_shot``.
     """
@@ -85,7 +106,10 @@ class DomainDataModule(pl.LightningDataModule):
                  target_kind: DatasetKind = "folder", resize: tuple[int, int] | None = None, few_shot: int = 0,
                  few_shot_split: str | None = None, few_shot_repeat: int = 1,
                  bad_images: Literal["stop", "skip"] = "stop",
-                 rare_class_sampling: RareClassSampling | None = None) -> None:
+                 rare_class_sampling: RareClassSampling | None = None,
+                 target_augment: str | dict[str, Any] | None = "none", target_resize: tuple[int, int] | None = None,
+                 keep_ratio: bool = False, cat_max_ratio: float = 1.0,
+                 pseudo_label_margins: tuple[int, int, int, int] | None = None) -> None:
         sampling = RareClassSampling(**rare_class_sampling) if isinstance(rare_class_sampling, dict) else \
             rare_class_sampling  # a dict: from saved hyperparameters
         rare_class_sampling = None if sampling is None else vars(sampling)  # the hyperparameters record a plain dict
@@ -97,6 +121,8 @@ class DomainDataModule(pl.LightningDataModule):
         self.source_split, self.target_split = source_split, target_split
         self.val_root, self.val_split = val_root or target_root, val_split
         self.augment, self.crop_size, self.resize = augment, crop_size, resize
+        self.target_augment, self.target_resize, self.keep_ratio = target_augment, target_resize, keep_ratio
+        self.cat_max_ratio, self.pseudo_label_margins = cat_max_ratio, pseudo_label_margins
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.loader_kwargs = dict(num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=persistent_workers and num_workers > 0)
@@ -112,7 +138,16 @@ class DomainDataModule(pl.LightningDataModule):
         if few_shot < 0 or few_shot_repeat < 1:
             raise DataError(f"data.few_shot ({few_shot}) must be >= 0 and data.few_shot_repeat ({few_shot_repeat}) "
                             ">= 1")
-        build_augment(augment, crop_size, resize)  # fail now, not in a worker, on a bad pipeline
+        check_transform_args(resize=resize, target_resize=target_resize, cat_max_ratio=cat_max_ratio,
+                             pseudo_label_margins=pseudo_label_margins)
+        self._transforms()  # fail now, not in a worker, on a bad pipeline
+
+    def _transforms(self) -> tuple[TrainTransform, TrainTransform]:
+        """The training transforms of the source (labelled) and of the target (unlabelled) images."""
+        source = build_augment(self.augment, self.crop_size, self.resize, self.keep_ratio, self.cat_max_ratio)
+        target = build_augment(self.target_augment, self.crop_size, self.target_resize or self.resize,
+                               self.keep_ratio, margins=self.pseudo_label_margins, key="data.init_args.target_augment")
+        return source, target
 
     @cached_property
     def classes(self) -> ClassSet:
@@ -134,17 +169,17 @@ class DomainDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.val = open_dataset(self.target_kind, self.val_root, self.val_split, labels=True)
         if stage == "fit":
-            augment = build_augment(self.augment, self.crop_size, self.resize)
+            augment, target_augment = self._transforms()
             self.source = open_dataset(self.source_kind, self.source_root, self.source_split, labels=True,
                                        transform=augment)
             self.target = open_dataset(self.target_kind, self.target_root, self.target_split, labels=False,
-                                       transform=build_augment("none", self.crop_size, self.resize))
+                                       transform=target_augment)
             if self.few_shot:
                 self.source = self._with_few_shot(self.source, augment)
             for dataset in (self.target, *(p[0] for p in getattr(self.source, "parts", [(self.source,)]))):
                 dataset.bad_images = self.bad_images
 
-    def _with_few_shot(self, source: ImageLabelDataset, augment) -> "Joined":
+    def _with_few_shot(self, source: ImageLabelDataset, augment) -> Joined:
         """``source`` and ``few_shot`` labelled target images (each ``few_shot_repeat`` times), drawn by seed."""
         pool = open_dataset(self.target_kind, self.target_root, self.few_shot_split, labels=True, transform=augment)
         if self.few_shot > len(pool):
@@ -202,8 +237,10 @@ class DomainDataModule(pl.LightningDataModule):
             if name == "source" and self.rare_class_sampling is not None:
                 cache = Path(trainer.default_root_dir) / "rare_class_stats.json" if trainer else None
                 pixels = class_stats(dataset, len(self.classes.names), cache)
-                sampler = RareClassSampler(dataset, pixels, self.rare_class_sampling.temperature, world_size, rank,
-                                           seed=global_seed(), stream=stream)
+                rcs = self.rare_class_sampling
+                sampler = RareClassSampler(dataset, pixels, rcs.temperature, world_size, rank, seed=global_seed(),
+                                           stream=stream, min_pixels=rcs.min_pixels,
+                                           min_crop_ratio=rcs.min_crop_ratio)
             else:
                 sampler = ShardedSampler(dataset, world_size, rank, seed=global_seed(), stream=stream)
             if self.resume_position is not None:
@@ -219,24 +256,6 @@ class DomainDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-
-class Joined(Dataset):
-    """Several datasets' chosen samples as one: ``parts`` is a list of (dataset, indices into it); keys are
-    indices or ``(index, seed)`` pairs (``ShardedSampler``), passed on as such."""
-
-    def __init__(self, parts: list[tuple[ImageLabelDataset, list[int]]]) -> None:
-        self.parts = parts
-        self.keys = [(p, i) for p, (_, indices) in enumerate(parts) for i in indices]
-        self.root, self.transform = parts[0][0].root, None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        part, local = self.keys[index]
-        return self.parts[part][0][local if seed is None else (local, seed)]
 
 
 class SyntheticDataModule(DomainDataModule):

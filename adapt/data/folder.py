@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from adapt.data.augment import seed_augment
 from adapt.data.labels import ClassSet
 from adapt.data.pairs import Tree, images_in, labels_in, pair_files, read_list_file
+from adapt.data.sampling import MAX_REDRAWS, SampleKey, redraw_seed
 from adapt.errors import DataError
 
 
@@ -74,7 +75,8 @@ class ImageLabelDataset(Dataset):
     ``classes`` (the label-file value -> train index table comes from it).
 
     Each sample is a dict: ``image`` float32 [3, H, W] in [0, 1]; ``mask`` int64 [H, W] of train indices with
-    255 = ignore (only when ``labels=True``); ``name`` str.
+    255 = ignore (only when ``labels=True``); ``name`` str; ``valid`` uint8 [H, W] (1: a pseudo-label counts, 0: in
+    the margins) when the transform returns one (``adapt.data.augment.TrainTransform`` with ``margins``).
     """
 
     classes: ClassSet | None  # None only for unlabelled folder images without classes.yaml
@@ -122,10 +124,13 @@ class ImageLabelDataset(Dataset):
         mask = self.lut[raw]
         return image, mask
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """``key``: an index, or ``(index, seed)`` (``adapt.data.sampling.ShardedSampler``): the transform's RNG is
-        then seeded with ``seed`` first, so the sample's augmentation depends on the key alone."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        """``key``: an index, ``(index, seed)`` (``adapt.data.sampling.ShardedSampler``): the transform's RNG is
+        then seeded with ``seed`` first, so the sample's augmentation depends on the key alone; or a ``SampleKey``
+        with a ``rare_class`` (``adapt.data.rare_class.RareClassSampler``): the labelled sample is then augmented
+        again (seeds ``redraw_seed(seed, 1..10)``) until its mask holds more than ``min_pixels`` pixels of that
+        class, at most 11 draws, the last one kept unchecked."""
+        index, seed, rare_class, min_pixels = SampleKey(*key) if isinstance(key, tuple) else (key, None, -1, 0.0)
         skipped = 0
         while True:
             try:
@@ -136,14 +141,19 @@ class ImageLabelDataset(Dataset):
                     raise
                 print(f"adapt: warning: data.bad_images: skip: {err}", file=sys.stderr, flush=True)
                 skipped, index = skipped + 1, (index + 1) % len(self)
-        if seed is not None:
-            seed_augment(self.transform, seed)
+        out: dict = {"image": image, "mask": mask}
         if self.transform is not None:
-            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
-            image, mask = out["image"], out.get("mask")
-        sample = {"image": image_to_tensor(image), "name": self.names[index]}
-        if mask is not None:
-            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+            for draw in range(MAX_REDRAWS + 1):
+                if seed is not None:
+                    seed_augment(self.transform, redraw_seed(seed, draw))
+                out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
+                if rare_class < 0 or mask is None or np.count_nonzero(out["mask"] == rare_class) > min_pixels:
+                    break
+        sample = {"image": image_to_tensor(out["image"]), "name": self.names[index]}
+        if out.get("mask") is not None:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
+        if "valid" in out:  # uint8 [H, W]: 1 where a pseudo-label counts (data.init_args.pseudo_label_margins)
+            sample["valid"] = torch.from_numpy(np.ascontiguousarray(out["valid"]))
         if self.bad_images == "skip":
             sample["skipped"] = skipped  # samples passed over to reach this one (counted by adapt.callbacks.RunRecord)
         return sample
@@ -177,3 +187,21 @@ class FolderDataset(ImageLabelDataset):
                            list_file=None if split is None else self.root / "splits" / f"{split}.txt",
                            refuse_orphans=split is None)
         self.names, self.images, self.label_files = pairs.names, pairs.images, pairs.label_files
+
+
+class Joined(Dataset):
+    """Several datasets' chosen samples as one: ``parts`` is a list of (dataset, indices into it); keys are
+    indices or tuples ``(index, seed, ...)`` (``ShardedSampler``, ``SampleKey``), passed on as such."""
+
+    def __init__(self, parts: list[tuple[ImageLabelDataset, list[int]]]) -> None:
+        self.parts = parts
+        self.keys = [(p, i) for p, (_, indices) in enumerate(parts) for i in indices]
+        self.root, self.transform = parts[0][0].root, None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        index, *rest = key if isinstance(key, tuple) else (key,)
+        part, local = self.keys[index]
+        return self.parts[part][0][(local, *rest) if rest else local]

@@ -1,9 +1,12 @@
-"""Rare-class sampling of source images (DAFormer's RCS): draw a class by its rarity, then an image that shows it.
+"""Rare-class sampling of source images (DAFormer's RCS): draw a class by its rarity, then an image that shows it,
+then a crop of that image that shows it.
 
 A class ``c`` with pixel frequency ``f_c`` over the source labels is drawn with probability
 ``P(c) = exp((1 - f_c) / T) / sum_k exp((1 - f_k) / T)`` (temperature ``T``; DAFormer: 0.01), then one image among
-those holding at least ``MIN_SHARE`` of their pixels in ``c``, uniformly. Frequencies are counted once from the
-label files and cached as JSON (``class_stats``); ``RareClassSampler`` turns them into a training order.
+those holding more than ``min_pixels`` pixels of ``c`` at their native resolution (DAFormer: 3000), uniformly. The
+dataset then augments (resize, crop, flip) the image again, up to 10 times, until the crop holds more than
+``min_pixels * min_crop_ratio`` pixels of ``c`` (``adapt.data.sampling.SampleKey``). Pixel counts are read once from
+the label files and cached as JSON (``class_stats``); ``RareClassSampler`` turns them into a training order.
 ``RareClassSampling`` is the recipe's ingredient (``data.init_args.rare_class_sampling``).
 """
 
@@ -17,10 +20,10 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Dataset
 
-from adapt.data.sampling import RARE, ShardedSampler, derive_seed, sample_seed
+from adapt.data.sampling import RARE, SampleKey, ShardedSampler, derive_seed, sample_seed
 from adapt.errors import ConfigError
 
-MIN_SHARE = 3000 / (1914 * 1052)  # DAFormer's 3000 pixels of a GTA5 frame, as a share of any image
+KEY = "data.init_args.rare_class_sampling"
 
 
 @dataclass(frozen=True)
@@ -30,14 +33,26 @@ class RareClassSampling:
 
     Args:
         temperature: T > 0 of ``P(c)`` (smaller: rarer classes drawn more often; DAFormer: 0.01).
+        min_pixels: an image is drawn for class ``c`` when it holds more than this many pixels of ``c`` at its
+            native resolution (DAFormer, HRDA, MIC: 3000). A class that no image holds so much of (small images)
+            is drawn with the images that hold any of it.
+        min_crop_ratio: the crop is drawn again (up to 10 times; the 11th draw is kept) until it holds more than
+            ``min_pixels * min_crop_ratio`` pixels of ``c``, counted in the crop after resizing; 0 draws the crop
+            once (DAFormer: 0.5; HRDA and MIC, which train on twice the resolution: 2.0).
     """
 
     temperature: float = 0.01
+    min_pixels: int = 3000
+    min_crop_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ConfigError(f"data.init_args.rare_class_sampling.temperature: {self.temperature}; give T > 0 "
-                              "(DAFormer: 0.01)")
+            raise ConfigError(f"{KEY}.temperature: {self.temperature}; give T > 0 (DAFormer: 0.01)")
+        if isinstance(self.min_pixels, bool) or not isinstance(self.min_pixels, int) or self.min_pixels < 0:
+            raise ConfigError(f"{KEY}.min_pixels: {self.min_pixels!r}; give a pixel count >= 0 (DAFormer: 3000)")
+        if not self.min_crop_ratio >= 0:
+            raise ConfigError(f"{KEY}.min_crop_ratio: {self.min_crop_ratio}; give a ratio >= 0 (0: no crop "
+                              "re-draw; DAFormer: 0.5, HRDA / MIC: 2.0)")
 
 
 def class_stats(dataset: Dataset, num_classes: int, cache: Path | None = None) -> np.ndarray:
@@ -72,21 +87,25 @@ class RareClassSampler(ShardedSampler):
     """``ShardedSampler`` whose epoch order is drawn by rare-class sampling instead of a permutation.
 
     Each of the epoch's ``len(dataset)`` positions draws a class by ``class_probabilities`` and then an image
-    showing it; the order is a function of ``(seed, stream, epoch)`` alone, so W processes still read what one
-    process reads. Yields ``(index, sample_seed)`` pairs.
+    holding more than ``min_pixels`` of it; the order is a function of ``(seed, stream, epoch)`` alone, so W
+    processes still read what one process reads. Yields ``SampleKey(index, sample_seed, class, min_pixels *
+    min_crop_ratio)``, which tells the dataset to draw the crop again until it shows the class; plain
+    ``(index, sample_seed)`` pairs when ``min_crop_ratio`` is 0.
 
     Args:
         dataset, num_replicas, rank, seed, stream: as ``ShardedSampler``.
         pixels: int64 [N, C] from ``class_stats``.
-        temperature: T (smaller: rarer classes drawn more often).
+        temperature, min_pixels, min_crop_ratio: as ``RareClassSampling``.
     """
 
     def __init__(self, dataset: Dataset, pixels: np.ndarray, temperature: float, num_replicas: int = 1,
-                 rank: int = 0, seed: int = 0, stream: int = 0) -> None:
+                 rank: int = 0, seed: int = 0, stream: int = 0, min_pixels: int = 3000,
+                 min_crop_ratio: float = 0.5) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, stream=stream)
         self.probabilities = class_probabilities(pixels, temperature)
-        shown = pixels >= np.maximum(MIN_SHARE * pixels.sum(1, keepdims=True), 1)
-        self.images_of = [np.flatnonzero(shown[:, c]) for c in range(pixels.shape[1])]
+        self.crop_pixels = min_pixels * min_crop_ratio  # the crop must hold more than this of the drawn class
+        self.redraw = min_crop_ratio > 0
+        self.images_of = [np.flatnonzero(pixels[:, c] > min_pixels) for c in range(pixels.shape[1])]
         for c, images in enumerate(self.images_of):
             if not len(images) and self.probabilities[c] > 0:  # present only in slivers: any image holding it
                 self.images_of[c] = np.flatnonzero(pixels[:, c] > 0)
@@ -98,10 +117,13 @@ class RareClassSampler(ShardedSampler):
         images = np.array([self.images_of[c][rng.integers(len(self.images_of[c]))] for c in classes], dtype=np.int64)
         return classes, images
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[SampleKey | tuple[int, int]]:
         skip = self.resume[1] if self.resume is not None and self.resume[0] == self.epoch else 0
         self.resume = None if self.resume is None or self.resume[0] <= self.epoch else self.resume
-        order = self.classes_of_epoch(self.epoch)[1][self.rank:self.total_size:self.num_replicas]
-        for position, index in enumerate(order[skip:].tolist(), start=skip):
+        shard = slice(self.rank, self.total_size, self.num_replicas)
+        classes, images = (drawn[shard] for drawn in self.classes_of_epoch(self.epoch))
+        for position in range(skip, len(images)):
             # the sample seed is keyed to the position: one image drawn twice is augmented twice differently
-            yield index, sample_seed(self.run_seed, self.stream, self.epoch, position * self.num_replicas + self.rank)
+            seed = sample_seed(self.run_seed, self.stream, self.epoch, position * self.num_replicas + self.rank)
+            index = int(images[position])
+            yield SampleKey(index, seed, int(classes[position]), self.crop_pixels) if self.redraw else (index, seed)

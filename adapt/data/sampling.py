@@ -11,7 +11,7 @@ augmentation does not depend on the number of processes or DataLoader workers, n
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
@@ -23,18 +23,41 @@ def global_seed() -> int:
 
 
 # what a derived seed is for: its first word, so that seeds made for different purposes never coincide
-SAMPLE, ORDER, POOL, PROCESS, MIX, RARE = 1, 2, 3, 4, 5, 6
+SAMPLE, ORDER, POOL, PROCESS, MIX, RARE, REDRAW = 1, 2, 3, 4, 5, 6, 7
 
 
 def derive_seed(purpose: int, *words: int) -> int:
-    """A 32-bit seed, a pure function of ``purpose`` (SAMPLE, ORDER, POOL, PROCESS, MIX, RARE) and non-negative
-    ``words``."""
+    """A 32-bit seed, a pure function of ``purpose`` (SAMPLE, ORDER, POOL, PROCESS, MIX, RARE, REDRAW) and
+    non-negative ``words``."""
     return int(np.random.SeedSequence([purpose, *words]).generate_state(1)[0])
 
 
 def sample_seed(seed: int, stream: int, epoch: int, index: int) -> int:
     """The seed of one sample's augmentation."""
     return derive_seed(SAMPLE, seed, stream, epoch, index)
+
+
+def redraw_seed(seed: int, draw: int) -> int:
+    """The augmentation seed of draw ``draw`` (0: the first) of the sample whose seed is ``seed``: draw 0 uses
+    ``seed`` itself, so a sample that is never drawn again is augmented as without re-draws."""
+    return seed if draw == 0 else derive_seed(REDRAW, seed, draw)
+
+
+class SampleKey(NamedTuple):
+    """The key of one training sample with a wish about its crop (``RareClassSampler``; datasets also take plain
+    indices and ``(index, seed)`` pairs).
+
+    ``rare_class`` >= 0: the dataset draws the sample's augmentation again (seeds from ``redraw_seed``), up to
+    ``MAX_REDRAWS`` times, until its crop holds more than ``min_pixels`` pixels of that class (DAFormer's RCS).
+    """
+
+    index: int
+    seed: int
+    rare_class: int = -1
+    min_pixels: float = 0.0
+
+
+MAX_REDRAWS = 10  # DAFormer: a rare-class crop is drawn again up to 10 times (11 draws, the last one kept unchecked)
 
 
 class ShardedSampler(DistributedSampler):
