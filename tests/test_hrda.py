@@ -1,10 +1,13 @@
-"""HRDA's multi-resolution F: the fusion, the detail crops, the sliding pseudo-labels, computed again by hand; a tiny
-run through the real CLI whose checkpoint evaluates with the fusion; bad settings as one line."""
+"""HRDA's multi-resolution F on nets other than DAFormer (logit stride 1; tests/test_official_hrda.py checks DAFormer
+against the official HRDA): the fusion, the detail crops, the sliding pseudo-labels, computed again by hand; the
+attention head as a copy of F's decoder; a tiny run through the real CLI whose checkpoint evaluates with the fusion;
+bad settings and old checkpoints as one line."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +16,10 @@ import torch
 import yaml
 from conftest import adapt_main
 from test_daformer_mic import NAMES, _logged
+from test_official_hrda import up as _up
 from test_self_training import _self_training_recipe
+from torch import nn
+from torch.nn import functional as nnf
 
 from adapt.errors import ConfigError
 from adapt.nets.hrda import MultiResolution
@@ -30,23 +36,6 @@ def _segmenter(seed: int = 0):
     return build_segmenter("fpn", "resnet18", None, num_classes=len(NAMES)).enable_multi_resolution(0.5, DETAIL)
 
 
-def _upsampling(out: int, size: int) -> torch.Tensor:
-    """float [out, size]: bilinear resizing (half-pixel centres, edges clamped) as a matrix, written out by hand."""
-    matrix = torch.zeros(out, size)
-    for i in range(out):
-        source = max((i + 0.5) * size / out - 0.5, 0.0)
-        low = min(math.floor(source), size - 1)
-        high, frac = min(low + 1, size - 1), source - low
-        matrix[i, low] += 1 - frac
-        matrix[i, high] += frac
-    return matrix
-
-
-def _up(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    rows, cols = _upsampling(height, t.shape[-2]), _upsampling(width, t.shape[-1])
-    return torch.einsum("hi,bcij,wj->bchw", rows, t, cols)
-
-
 @torch.no_grad()
 def test_fused_logits_are_the_attention_weighted_sum_of_the_two_scales():
     segmenter = _segmenter().eval()
@@ -59,6 +48,9 @@ def test_fused_logits_are_the_attention_weighted_sum_of_the_two_scales():
     torch.testing.assert_close(out.context, segmenter.single_scale(context_image), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.detail, segmenter.single_scale(x[..., 32:64, 0:32]), atol=1e-5, rtol=1e-5)
     assert out.attention.shape == (2, len(NAMES), 32, 32) and 0 <= out.attention.min() <= out.attention.max() <= 1
+    head = hrda.attention  # a second decoder + classifier on the context's encoder features
+    features = segmenter.net.encoder(segmenter.normalize(context_image))
+    torch.testing.assert_close(out.attention, torch.sigmoid(head.segmentation_head(head.decoder(features))))
     # HRDA's fusion: the attention zeroed outside the box (context pixels 16:32 x 0:16), weighing the detail
     attention = torch.zeros_like(out.attention)
     attention[..., 16:32, 0:16] = out.attention[..., 16:32, 0:16]
@@ -74,28 +66,56 @@ def test_fused_logits_are_the_attention_weighted_sum_of_the_two_scales():
     assert inside.max() > 1e-3  # where the detail counts, it changes the prediction
 
 
-def test_detail_crops_lie_inside_the_crop_on_the_output_stride():
-    hrda = MultiResolution(16, 3, 0.5, (32, 64))
+def test_detail_crops_lie_inside_the_crop_on_the_fusion_grid():
+    """HRDA's ``get_crop_bbox`` with divisible g = k x logit stride (2 for a net with full-resolution logits at
+    context scale 0.5): each offset g * randint((side - crop + 1) // g), uniform."""
+    hrda = MultiResolution(nn.Identity(), "", 0.5, (32, 64))
+    assert hrda.grid == 2 and _segmenter().multi_resolution.grid == 2
+    generator = torch.Generator().manual_seed(0)
     for size in ((64, 64), (128, 96), (32, 64)):
-        boxes = {hrda.sample_box(size, torch.Generator().manual_seed(seed)) for seed in range(300)}
-        expected = {(t, l) for t in range(0, size[0] - 32 + 1, 32) for l in range(0, size[1] - 64 + 1, 32)}
-        assert boxes == expected  # every offset on multiples of 32 whose crop fits, and no other
+        boxes = [hrda.sample_box(size, generator) for _ in range(2000)]
+        for side, crop in enumerate((32, 64)):
+            offsets = Counter(box[side] for box in boxes)
+            choices = max((size[side] - crop + 1) // 2, 1)  # a side the crop fills: offset 0
+            assert set(offsets) == {2 * i for i in range(choices)}  # multiples of 2 whose crop fits, but the last
+            if choices > 1:
+                expected, sd = 2000 / choices, (2000 / choices * (1 - 1 / choices)) ** 0.5
+                assert all(abs(n - expected) < 5 * sd for n in offsets.values())
     assert hrda.sample_box((128, 96), torch.Generator().manual_seed(7)) == hrda.sample_box(
         (128, 96), torch.Generator().manual_seed(7))
     # in a training step, the student's detail pass sees such a crop of the source batch
     torch.manual_seed(0)
     task = SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=HRDA, mixing=None)
     seen = []
-    single_scale = task.segmenter.single_scale
-    task.segmenter.single_scale = lambda x: seen.append(x) or single_scale(x)
+    encode = task.segmenter.encode
+    task.segmenter.encode = lambda x: seen.append(x) or encode(x)
     _logged(task)
     x_s = torch.rand(2, 3, 64, 64)
     batch = {"source": {"image": x_s, "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
              "target": {"image": torch.rand(2, 3, 64, 64)}}
     task.training_step(batch, 0)
     detail = seen[1]  # the source pass: context, then detail
-    crops = [x_s[..., t:t + 32, l:l + 32] for t in (0, 32) for l in (0, 32)]
+    crops = [x_s[..., t:t + 32, l:l + 32] for t in range(0, 32, 2) for l in range(0, 32, 2)]
     assert detail.shape == (2, 3, 32, 32) and sum(torch.equal(detail, c) for c in crops) == 1
+
+
+@torch.no_grad()
+def _fused_by_hand(f, x: torch.Tensor) -> torch.Tensor:
+    """HRDA's inference of an fpn F (logits at full resolution) on x [B, 3, 64, 64] with 32 px detail windows: the
+    context's logits and attention, the 3 x 3 windows (stride 16, the last at the border) in one batch, averaged."""
+    net, head, batch = f.net, f.multi_resolution.attention, x.shape[0]
+    # HRDA's resize by 0.5 (a train-mode teacher's BatchNorm over 1 x 1 maps magnifies rounding: no 2 x 2 means here)
+    features = net.encoder(f.normalize(nnf.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)))
+    context = net.segmentation_head(net.decoder(features))
+    attention = torch.sigmoid(head.segmentation_head(head.decoder(features)))
+    boxes = [(top, left) for top in (0, 16, 32) for left in (0, 16, 32)]
+    windows = net(f.normalize(torch.cat([x[..., t:t + 32, l:l + 32] for t, l in boxes]))).split(batch)
+    total, count = torch.zeros(batch, len(NAMES), 64, 64), torch.zeros(64, 64)
+    for (top, left), logits in zip(boxes, windows):
+        total[..., top:top + 32, left:left + 32] += logits
+        count[top:top + 32, left:left + 32] += 1
+    assert count[0, 0] == 1 and count[20, 20] == 4 and count[20, 0] == 2
+    return _up(attention, 64, 64) * (total / count) + _up((1 - attention) * context, 64, 64)
 
 
 @torch.no_grad()
@@ -104,26 +124,19 @@ def test_pseudo_labels_average_overlapping_detail_windows():
     task = SelfTrainingTask(arch="fpn", class_names=NAMES, multi_resolution=HRDA, mixing=None)
     teacher = task.teacher
     x_t = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    context, attention, _ = teacher.multi_resolution.context_pass(teacher, x_t)
-    total, count = torch.zeros(2, len(NAMES), 64, 64), torch.zeros(64, 64)
-    for top in (0, 16, 32):  # 32 px windows, stride 16, the last at the border
-        for left in (0, 16, 32):
-            total[..., top:top + 32, left:left + 32] += teacher.single_scale(x_t[..., top:top + 32, left:left + 32])
-            count[top:top + 32, left:left + 32] += 1
-    assert count[0, 0] == 1 and count[20, 20] == 4 and count[20, 0] == 2
-    detail = total / count
-    expected = _up(attention, 64, 64) * detail + _up((1 - attention) * context, 64, 64)
-    torch.testing.assert_close(teacher(x_t), expected, atol=1e-5, rtol=1e-5)
-    # the training step labels the target batch with exactly that prediction of the teacher
+    torch.testing.assert_close(teacher(x_t), _fused_by_hand(teacher, x_t), atol=1e-5, rtol=1e-5)
+    # the training step labels the target batch with that prediction of the teacher (in the teacher's state then)
     labelled = []
-    teacher.register_forward_hook(lambda module, inputs, output: labelled.append((inputs[0], output)))
+    hook = teacher.register_forward_hook(lambda module, inputs, output: labelled.append(
+        (inputs[0], output, _fused_by_hand(module, inputs[0]))))
     with torch.enable_grad():
         _logged(task)
         task.training_step({"source": {"image": torch.rand(2, 3, 64, 64),
                                        "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
                             "target": {"image": x_t}}, 0)
+    hook.remove()
     assert len(labelled) == 1 and torch.equal(labelled[0][0], x_t)
-    torch.testing.assert_close(labelled[0][1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(labelled[0][1], labelled[0][2], atol=1e-5, rtol=1e-5)
     # any input size: padded to the context's multiple, cropped back
     assert teacher(torch.rand(1, 3, 45, 77)).shape == (1, len(NAMES), 45, 77)
 
@@ -150,18 +163,26 @@ def test_feature_distance_with_hrda_compares_the_contexts_features():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("arch, encoder, side", [("fpn", "resnet18", 64), ("dpt", "tu-vit_small_patch14_dinov2", 56)])
-def test_context_pass_returns_the_encoders_deepest_features_for_every_arch(arch, encoder, side):
-    """The feature distance under HRDA reads the context pass's deepest encoder features: CNNs and plain ViTs
-    (whose nets call the encoder's token pass, not its forward) alike."""
+@pytest.mark.parametrize("arch, encoder, side", [("fpn", "resnet18", 64), ("fcn", "resnet18", 64),
+                                                 ("dpt", "tu-vit_small_patch14_dinov2", 56)])
+def test_every_arch_gets_a_copy_of_its_decoder_as_attention_and_the_context_features(arch, encoder, side):
+    """Nets other than DAFormer: the attention is a fresh copy of F's decoder and classifier (no encoder, no shared
+    parameter) on the context's encoder features; the context pass returns the encoder's deepest features for the
+    feature distance, CNNs and plain ViTs (whose nets call the encoder's token pass) alike."""
     torch.manual_seed(0)
     segmenter = build_segmenter(arch, encoder, None, num_classes=len(NAMES)).eval()
     stride = segmenter.output_stride
-    multi = MultiResolution(segmenter.classifier.in_channels, len(NAMES), 0.5, (stride, stride), stride).eval()
+    multi = segmenter.enable_multi_resolution(0.5, (stride, stride)).multi_resolution
+    head, net = multi.attention, segmenter.net
+    assert sum(p.numel() for p in head.parameters()) == sum(p.numel() for p in net.parameters()) - sum(
+        p.numel() for p in net.encoder.parameters())
+    assert not set(map(id, head.parameters())) & set(map(id, net.parameters()))
+    assert multi.classifier.out_channels == len(NAMES) and not torch.equal(multi.classifier.weight,
+                                                                           segmenter.classifier.weight)
     x = torch.rand(1, 3, 2 * side, 2 * side)
     logits, attention, features = multi.context_pass(segmenter, x, features=True)
     expected_logits, expected_features = segmenter.forward_features(multi.context_image(x))
-    assert features is not None and attention.shape == logits.shape
+    assert features is not None and attention.shape == logits.shape and segmenter.logit_stride == 1
     torch.testing.assert_close(features, expected_features)
     torch.testing.assert_close(logits, expected_logits)
 
@@ -244,8 +265,12 @@ def test_a_single_scale_f_starts_an_hrda_one_and_classes_match_by_name():
     reordered = NAMES[::-1]
     other = _segmenter(seed=2)
     load_matching(other, hrda.state_dict(), NAMES, reordered)  # an HRDA F into one with the classes reversed
-    last = f"multi_resolution.head.{len(other.multi_resolution.head) - 1}.weight"
+    last = f"multi_resolution.attention.{other.multi_resolution.classifier_name}.weight"
     assert torch.equal(other.state_dict()[last], hrda.state_dict()[last].flip(0))  # attention rows follow names
+    # a checkpoint of adapt's earlier attention (a small head on the decoder output): one line, no traceback
+    old = dict(hrda.state_dict(), **{"multi_resolution.head.3.weight": torch.zeros(len(NAMES), 128, 1, 1)})
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*earlier small head .*multi_resolution\.head\.\*.*retrain"):
+        _segmenter().load_state_dict(old)
 
 
 def test_bad_hrda_settings_give_one_line(tmp_path, tiny_pair, capsys):

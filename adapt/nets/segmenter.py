@@ -21,8 +21,8 @@ from torch.nn import functional as nnf
 
 from adapt.errors import ConfigError
 from adapt.nets.daformer import DAFormer
-from adapt.nets.pretrained import (IMAGENET_MEAN, IMAGENET_STD, input_statistics, install_hint, map_efficientnet_lite,
-                                   packaged_state)
+from adapt.nets.pretrained import (IMAGENET_MEAN, IMAGENET_STD, WEIGHT_FILES, encoder_file_state, input_statistics,
+                                   install_hint, map_efficientnet_lite, packaged_state)
 from adapt.nets.vit import DPT, ViTUPerNet, is_plain_vit
 
 
@@ -83,6 +83,11 @@ class Segmenter(nn.Module):
         """Checkpoints written before the statistics were saved hold no ``mean`` / ``std``: keep the built ones
         (ImageNet's, which every F of those versions used)."""
         missing = args[2]  # (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.multi_resolution is not None and any(k.startswith(prefix + "multi_resolution.head.")
+                                                     for k in state_dict):
+            raise ConfigError("checkpoint: its HRDA scale attention is adapt's earlier small head on the decoder "
+                              "output (multi_resolution.head.*), replaced by HRDA's head on the context's encoder "
+                              "features; retrain it, or use the adapt version that wrote it")
         super()._load_from_state_dict(state_dict, prefix, *args)
         for name in ("mean", "std"):
             if prefix + name in missing:
@@ -110,14 +115,47 @@ class Segmenter(nn.Module):
     # --- HRDA (adapt.nets.hrda): an optional part of F, saved with its weights as multi_resolution.* ---
     def enable_multi_resolution(self, context_scale: float = 0.5,
                                 detail_crop: tuple[int, int] = (512, 512)) -> "Segmenter":
-        """Add HRDA's scale-attention head (on the features the classifier reads); from then on ``forward`` is
-        HRDA's inference (``MultiResolution.predict``): context at ``context_scale``, overlapping full-resolution
-        windows of ``detail_crop``, fused by the attention."""
-        from adapt.nets.hrda import MultiResolution
+        """Add HRDA's scale-attention head (``hrda.scale_attention_head``, on the context's encoder features); from
+        then on ``forward`` is HRDA's inference (``MultiResolution.predict``): context at ``context_scale``,
+        overlapping full-resolution windows of ``detail_crop``, fused by the attention at stride ``logit_stride``."""
+        from adapt.nets.hrda import MultiResolution, scale_attention_head
 
-        self.multi_resolution = MultiResolution(self.classifier.in_channels, self.num_classes, context_scale,
-                                                detail_crop, self.output_stride)
+        head, classifier = scale_attention_head(self)
+        self.multi_resolution = MultiResolution(head, classifier, context_scale, detail_crop, self.output_stride,
+                                                self.logit_stride)
         return self.to(self.mean.device)
+
+    @property
+    def logit_stride(self) -> int:
+        """The stride of ``decode``'s logits, where HRDA fuses the scales: DAFormer's 4 (its classifier runs at
+        stride 4); 1 for the other nets (``decode`` returns their logits at the input's size)."""
+        return int(getattr(self.net, "logit_stride", 1))
+
+    def encode(self, x: torch.Tensor):
+        """F's encoder on float [B, 3, H, W] in [0, 1] (normalized here): what ``decode`` reads (smp encoders: the
+        list of levels, the deepest last; plain ViTs: (token grids, tokens))."""
+        x = self.normalize(x)
+        return self.net.encoder.forward_tokens(x) if isinstance(self.net, (DPT, ViTUPerNet)) else self.net.encoder(x)
+
+    def deepest(self, features) -> torch.Tensor:
+        """The deepest level of ``encode``'s ``features`` (what ``forward_features`` returns)."""
+        return features[0][-1] if isinstance(self.net, (DPT, ViTUPerNet)) else features[-1]
+
+    def decode(self, features, size: tuple[int, int], head: nn.Module | None = None) -> torch.Tensor:
+        """Logits float [B, C, H / logit_stride, W / logit_stride] of ``encode``'s ``features`` of an input of
+        ``size`` (H, W), by F's decoder and classifier or by ``head`` (HRDA's attention). F's forward is
+        these logits upsampled (bilinear) to the input."""
+        net, size = (self.net if head is None else head), (int(size[0]), int(size[1]))
+        if isinstance(self.net, DAFormer):
+            return net.segmentation_head(net.decoder(features[-4:]))
+        if isinstance(self.net, FCN):
+            logits = net.head(features[-1])
+        elif isinstance(self.net, (DPT, ViTUPerNet)):
+            logits = net.segmentation_head(net.decode(*features, size))
+        else:  # smp: decoder -> head (whose upsampling reaches the input's size)
+            logits = net.segmentation_head(net.decoder(features))
+        return logits if logits.shape[-2:] == size else nnf.interpolate(logits, size=size, mode="bilinear",
+                                                                         align_corners=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1] -> the encoder's input (standardized, in F's memory format)."""
@@ -168,9 +206,13 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
         encoder_name: any smp encoder (``resnet18``, ``resnet50``, ``mit_b2``, ``tu-...``); ``dpt`` takes plain
             timm ViTs only (``tu-vit_small_patch14_dinov2``, ``tu-vit_base_patch14_dinov2.lvd142m``,
             ``tu-vit_large_patch14_dinov2.lvd142m``), whose inputs need sides that are multiples of the patch size.
-        encoder_weights: smp's weight name (``imagenet``), a local state-dict file for the encoder, or None
-            (random initialization). ``imagenet`` for ``timm-tf_efficientnet_lite0/1/2`` comes from the
-            installed registry package (``adapt.nets.pretrained``) with no hub; other encoders use smp's hub path.
+        encoder_weights: smp's weight name (``imagenet``), a local weights file (``.pth``, ``.pt``, ``.bin``,
+            ``.safetensors``), or None (random initialization). ``imagenet`` for ``timm-tf_efficientnet_lite0/1/2``
+            comes from the installed registry package (``adapt.nets.pretrained``) with no hub; other encoders use
+            smp's hub path. A file holds the encoder's state dict (plain or under ``state_dict`` / ``model``) in
+            smp's naming, as SegFormer's official release (``mit_b0.pth`` ... ``mit_b5.pth`` for ``mit_b*``), or,
+            for ``tu-`` encoders, in timm's naming or DINOv2's release naming (``dinov2_vits14_pretrain.pth``,
+            converted by timm); names and shapes are checked (``adapt.nets.pretrained.encoder_file_state``).
         num_classes: number of output channels (smp calls it ``classes``).
         kwargs: further arguments of the smp model, by smp's names (``decoder_dropout``, ``decoder_channels``...);
             ``fcn`` takes ``decoder_dropout``; ``daformer`` ``decoder_channels``, ``decoder_dilations``,
@@ -179,9 +221,10 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
     key = arch.lower().replace("_", "").replace("-", "")
     if key not in ARCHS:
         raise ConfigError(f"arch: unknown {arch!r}; choose one of {sorted(ARCHS)}")
-    local_file = encoder_weights is not None and Path(encoder_weights).suffix in (".pth", ".pt", ".safetensors")
+    local_file = encoder_weights is not None and Path(encoder_weights).suffix in WEIGHT_FILES
     if local_file and not Path(encoder_weights).is_file():
-        raise ConfigError(f"encoder_weights: file {encoder_weights} not found")
+        raise ConfigError(f"encoder_weights: file {encoder_weights} not found; give the path of an existing weights "
+                          f"file ({', '.join(WEIGHT_FILES)}), a weight name such as imagenet, or null")
     packaged = packaged_state(encoder_name) if encoder_weights == "imagenet" else None
     hub_weights = None if local_file or packaged is not None else encoder_weights
     if hub_weights is not None and not encoder_name.startswith("tu-"):
@@ -206,13 +249,9 @@ def build_segmenter(arch: str = "unet", encoder_name: str = "resnet18", encoder_
     except (OSError, ConnectionError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
         raise ConfigError(f"encoder_weights: could not fetch {hub_weights!r} weights for {encoder_name} ({err}); "
                           "set encoder_weights: null or give a local encoder state-dict file") from None
-    if local_file:
-        if encoder_weights.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(encoder_weights)
-        else:
-            state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
-        net.encoder.load_state_dict(state)
+    if local_file:  # adapt / smp naming, official MiT release files, timm and DINOv2 files for tu- encoders
+        timm_kwargs = {k: v for k, v in kwargs.items() if k not in known}
+        net.encoder.load_state_dict(encoder_file_state(encoder_weights, net.encoder, encoder_name, timm_kwargs))
     if packaged is not None:
         net.encoder.load_state_dict(map_efficientnet_lite(packaged, net.encoder.state_dict()))
     return Segmenter(net, num_classes, *input_statistics(encoder_name), getattr(net, "output_stride", 32))
@@ -234,7 +273,8 @@ def load_matching(segmenter: Segmenter, state: dict[str, torch.Tensor], old_name
     classifier = next(name for name, m in segmenter.named_modules() if m is segmenter.classifier)
     head = {f"{classifier}.weight", f"{classifier}.bias"}
     if segmenter.multi_resolution is not None:  # HRDA's attention: one output channel per class as well
-        head |= {f"multi_resolution.head.{len(segmenter.multi_resolution.head) - 1}.{p}" for p in ("weight", "bias")}
+        head |= {f"multi_resolution.attention.{segmenter.multi_resolution.classifier_name}.{p}"
+                 for p in ("weight", "bias")}
     for key, value in own.items():
         if key in head:
             continue
