@@ -14,7 +14,7 @@ from adapt.errors import ConfigError
 from adapt.losses import downscale_labels
 from adapt.tasks import SelfTrainingTask
 from adapt.tasks.ingredients import FeatureDistance, Masking, Teacher
-from adapt.tasks.mixing import block_masks
+from adapt.tasks.mixing import block_masks, labelling
 
 NAMES = list(CLASS_NAMES)  # things among them (DAFormer's Cityscapes names): car, person
 
@@ -27,13 +27,19 @@ def _logged(task: SelfTrainingTask) -> dict:
 
 
 def test_block_masks_hide_the_stated_share_in_whole_blocks():
-    masks = block_masks((200, 40, 60), ratio=0.7, block=8, generator=torch.Generator().manual_seed(0))
-    assert masks.shape == (200, 1, 40, 60) and set(masks.unique().tolist()) == {0.0, 1.0}
-    cells = masks[:, 0, ::8, ::8]  # one pixel per block (5 x 8 blocks, the last column 4 px wide)
-    assert torch.equal(masks[:, 0], cells.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, :40, :60])
+    masks = block_masks((200, 40, 64), ratio=0.7, block=8, generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (200, 1, 40, 64) and set(masks.unique().tolist()) == {0.0, 1.0}
+    cells = masks[:, 0, ::8, ::8]  # one pixel per block: MIC's round(40 / 8) x round(64 / 8) grid
+    assert cells.shape == (200, 5, 8)
+    assert torch.equal(masks[:, 0], cells.repeat_interleave(8, 1).repeat_interleave(8, 2))
     hidden = 1 - cells.mean().item()
     assert abs(hidden - 0.7) < 4 * (0.7 * 0.3 / cells.numel()) ** 0.5  # within 4 binomial standard deviations
-    assert torch.equal(masks, block_masks((200, 40, 60), 0.7, 8, torch.Generator().manual_seed(0)))
+    assert torch.equal(masks, block_masks((200, 40, 64), 0.7, 8, torch.Generator().manual_seed(0)))
+    # a grid that does not divide the image (60 / 8 = 7.5 -> 8 cells) is stretched by nearest neighbour
+    draws = torch.rand(3, 1, 5, 8, generator=torch.Generator().manual_seed(1))
+    stretched = block_masks((3, 40, 60), 0.7, 8, torch.Generator().manual_seed(1))
+    columns = (torch.arange(60) * 8 / 60).floor().long()  # nearest: source cell floor(x * 8 / 60)
+    assert torch.equal(stretched[:, 0], (draws > 0.7).float()[:, 0].repeat_interleave(8, 1)[:, :, columns])
 
 
 def test_masked_loss_learns_the_teachers_labels_of_the_unmasked_image():
@@ -51,11 +57,12 @@ def test_masked_loss_learns_the_teachers_labels_of_the_unmasked_image():
              "target": {"image": x_t}}
     task.training_step(batch, 0)
     x_masked = seen[-1]  # the student's passes: x_s, x_t (no mixing), then the masked image
-    hidden = (x_masked == 0).all(1)
+    hidden = (x_masked == task.segmenter.mean).all(1)  # MIC: 0 after normalization, F's mean colour before
     assert 0.3 < hidden.float().mean() < 0.95  # (the visible pixels are colour-augmented x_t)
+    assert (task.segmenter.normalize(x_masked).permute(1, 0, 2, 3)[:, hidden] == 0).all()
     blocks = hidden[:, ::16, ::16]  # 16 px blocks: a quarter of the 64 px height
     assert torch.equal(hidden, blocks.repeat_interleave(16, 1).repeat_interleave(16, 2))
-    with torch.no_grad():
+    with torch.no_grad(), labelling(task.teacher, "train"):  # the teacher labels in train mode (DAFormer)
         student = task.segmenter(x_masked)
         expected = nnf.cross_entropy(student, task.teacher(x_t).argmax(1))
         of_masked = nnf.cross_entropy(student, task.teacher(x_masked).argmax(1))

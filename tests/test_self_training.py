@@ -12,7 +12,7 @@ from conftest import adapt_main
 from test_cli import tiny_recipe
 from torch import nn
 
-from adapt.tasks.mixing import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_photometric
+from adapt.tasks.mixing import classmix_masks, ema_alpha, ema_update, mix, pseudo_labels, strong_transform
 
 
 def _net(seed: int) -> nn.Module:
@@ -26,16 +26,26 @@ def test_ema_update_equals_the_formula():
     teacher, student = _net(0), _net(1)
     student(torch.rand(2, 3, 8, 8))  # the student's batch counter is now 2, the teacher's 1
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ema_update(teacher, student, 0.9)
+    ema_update(teacher, student, 0.9)  # DAFormer: parameters only
+    parameters = {name for name, _ in teacher.named_parameters()}
+    for name, value in teacher.state_dict().items():
+        if name in parameters:
+            torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * student.state_dict()[name],
+                                       rtol=0, atol=1e-7)
+        else:  # running mean and variance, batch counter: the teacher's own
+            assert torch.equal(value, before[name]), name
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9, buffers=True)  # teacher.mode: eval averages the statistics too
     for name, value in teacher.state_dict().items():
         if value.dtype.is_floating_point:  # weights, biases, running mean and variance
             torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * student.state_dict()[name],
                                        rtol=0, atol=1e-7)
         else:  # num_batches_tracked
             assert torch.equal(value, student.state_dict()[name])
-    ema_update(teacher, student, 0.0)  # no EMA: the teacher is the student
+    ema_update(teacher, student, 0.0, buffers=True)  # no EMA: the teacher is the student
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
-    assert [ema_alpha(s, 0.999) for s in (0, 1, 9)] == [0.0, 0.5, 0.9] and ema_alpha(10**6, 0.999) == 0.999
+    # DAFormer's min(1 - 1 / (i + 1), alpha) after i optimizer steps
+    assert [ema_alpha(s, 0.999) for s in (1, 2, 9)] == [0.5, 1 - 1 / 3, 0.9] and ema_alpha(10**6, 0.999) == 0.999
 
 
 def test_classmix_masks_and_mixed_labels_agree_pixel_for_pixel():
@@ -47,12 +57,11 @@ def test_classmix_masks_and_mixed_labels_agree_pixel_for_pixel():
     x_s, x_t = torch.rand(3, 3, 12, 16, generator=g), torch.rand(3, 3, 12, 16, generator=g)
     pseudo = torch.randint(0, 5, (3, 12, 16), generator=g)
     masks = classmix_masks(y_s, torch.Generator().manual_seed(1))
+    batch_classes = set(y_s.unique().tolist())  # 0..4 and 255: 6 classes, 3 chosen per image
     for i in range(3):
-        present = set(y_s[i].unique().tolist()) - {255}
         chosen = set(y_s[i][masks[i]].unique().tolist())
-        assert chosen <= present and len(chosen) == math.ceil(len(present) / 2)
+        assert chosen <= batch_classes and len(chosen) <= math.ceil(len(batch_classes) / 2)
         assert torch.equal(masks[i], torch.isin(y_s[i], torch.tensor(sorted(chosen), dtype=torch.long)))
-    assert masks[1].all() and not masks[2].any() and not masks[0][:4].any()
     x_m, y_m = mix(masks, x_s, x_t), mix(masks, y_s, pseudo)
     for b, r, c in [(b, r, c) for b in range(3) for r in range(12) for c in range(16)]:
         source = bool(masks[b, r, c])
@@ -63,20 +72,27 @@ def test_classmix_masks_and_mixed_labels_agree_pixel_for_pixel():
 
 
 def test_pseudo_label_weights_match_the_definition():
-    probs = torch.tensor([[0.99, 0.60, 0.97, 0.50], [0.01, 0.40, 0.03, 0.50]]).reshape(1, 2, 2, 2)
-    probs = torch.cat([probs, probs.flip(1)])  # image 2: the same confidences, the other classes
+    top = torch.tensor([[0.99, 0.60, 0.968, 0.50], [0.99, 0.99, 0.99, 0.60]])  # each image's top probabilities
+    probs = torch.stack([top, 1 - top], 1).reshape(2, 2, 2, 2)
+    probs[1] = probs[1].flip(0)  # image 2: the other class on top
     labels, weights = pseudo_labels(probs, threshold=0.968)
-    assert labels[0].flatten()[:3].tolist() == [0, 0, 0] and labels[1].flatten()[:3].tolist() == [1, 1, 1]
-    assert weights.tolist() == [0.5, 0.5]  # 0.99 and 0.97 exceed 0.968; 0.60 and 0.50 do not
-    assert pseudo_labels(probs, threshold=0.98)[1].tolist() == [0.25, 0.25]
+    assert labels[0].flatten()[:3].tolist() == [0, 0, 0] and labels[1].flatten().tolist() == [1, 1, 1, 1]
+    # 0.99 and 0.968 (>=) of image 1, three 0.99 of image 2: 5 of 8 pixels, one share for the batch (DAFormer)
+    assert weights.tolist() == [5 / 8, 5 / 8]
+    assert pseudo_labels(probs, threshold=0.968, weighting="image")[1].tolist() == [0.5, 0.75]
+    assert pseudo_labels(probs, threshold=0.98)[1].tolist() == [4 / 8, 4 / 8]
 
 
-def test_strong_photometric_is_drawn_from_its_generator():
+def test_strong_transform_is_drawn_from_its_generator():
     x = torch.rand(4, 3, 20, 24, generator=torch.Generator().manual_seed(0))
-    a = strong_photometric(x, torch.Generator().manual_seed(3), jitter_p=1.0, blur_p=1.0)
-    b = strong_photometric(x, torch.Generator().manual_seed(3), jitter_p=1.0, blur_p=1.0)
-    assert torch.equal(a, b) and not torch.equal(a, x) and 0 <= a.min() and a.max() <= 1
-    assert torch.equal(strong_photometric(x, torch.Generator(), jitter_p=0.0, blur_p=0.0), x)
+    changed = 0
+    for seed in range(8):
+        a = strong_transform(x, torch.Generator().manual_seed(seed))
+        assert torch.equal(a, strong_transform(x, torch.Generator().manual_seed(seed)))
+        assert -1e-6 <= a.min() and a.max() <= 1 + 1e-6  # (blur and HSV round to a float32 ulp)
+        changed += not torch.equal(a, x)
+    assert changed > 0
+    assert torch.equal(strong_transform(x, torch.Generator(), jitter_p=1.0, blur=False), x)  # never jittered
 
 
 def _self_training_recipe(tmp_path, pair, **init_args):
@@ -99,9 +115,10 @@ def test_self_training_fits_evaluates_and_keeps_the_teacher(tmp_path, tiny_pair,
     ckpt_path = next(run_dir.rglob("last.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # ingredients recorded as plain dicts
     hparams = ckpt["hyper_parameters"]
-    assert hparams["teacher"] == {"ema_alpha": 0.99, "pseudo_threshold": 0.968, "confidence_weighting": True}
-    assert (hparams["mixing"], hparams["masking"], hparams["multi_resolution"], hparams["norm"]) == (
-        "classmix", None, None, "train")
+    assert hparams["teacher"] == {"ema_alpha": 0.99, "pseudo_threshold": 0.968, "confidence_weighting": True,
+                                  "mode": "train", "weighting": "batch"}
+    assert (hparams["mixing"], hparams["masking"], hparams["multi_resolution"], hparams["norm"],
+            hparams["loss_average"]) == ("classmix", None, None, "train", "all")
     student = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
     teacher = {k[len("teacher."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
     assert student.keys() == teacher.keys()
@@ -131,9 +148,13 @@ def test_without_ema_the_teacher_is_the_student(tmp_path, tiny_pair, capsys):
     code, _, err = adapt_main(capsys, "fit", "--config", str(recipe), f"--trainer.default_root_dir={run_dir}")
     assert code == 0, err[-3000:]
     state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
     for key, value in state.items():
-        if key.startswith("segmenter."):
+        if key.startswith("segmenter.") and not key.endswith(statistics):
             assert torch.equal(value, state["teacher." + key[len("segmenter."):]]), key
+    # DAFormer's EMA averages parameters only: the teacher keeps the statistics it was built with
+    assert all(torch.equal(value, torch.zeros_like(value) if key.endswith("running_mean") else torch.ones_like(value))
+               for key, value in state.items() if key.startswith("teacher.") and key.endswith(statistics[:2]))
 
 
 def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pair, capsys):
@@ -143,7 +164,8 @@ def test_self_training_recipe_takes_the_segmentation_arguments(tmp_path, tiny_pa
     init_args = yaml.safe_load(out)["model"]["init_args"]
     assert {"arch", "init_from", "warmup_steps", "teacher", "mixing", "feature_distance", "masking",
             "multi_resolution", "norm"} <= set(init_args)
-    assert init_args["teacher"] == {"ema_alpha": 0.999, "pseudo_threshold": 0.968, "confidence_weighting": True}
+    assert init_args["teacher"] == {"ema_alpha": 0.999, "pseudo_threshold": 0.968, "confidence_weighting": True,
+                                    "mode": "train", "weighting": "batch"}
     assert init_args["masking"] is None and init_args["norm"] == "train"  # optional ingredients: off by default
     code, _, err = adapt_main(capsys, "fit", "--config", str(_self_training_recipe(tmp_path, tiny_pair)),
                               "--model.init_args.teacher.ema_alpha=1.5")
@@ -175,6 +197,8 @@ def test_ingredients_check_their_values_and_record_plain_dicts():
     from adapt.tasks.ingredients import FeatureDistance, Masking, MultiResolution, Teacher, ingredient, record
 
     for build, key in ((lambda: Teacher(pseudo_threshold=1.0), "teacher.pseudo_threshold: 1.0"),
+                       (lambda: Teacher(mode="training"), "teacher.mode: 'training'"),
+                       (lambda: Teacher(weighting="pixel"), "teacher.weighting: 'pixel'"),
                        (lambda: Masking(ratio=0.0), "masking.ratio: 0.0"),
                        (lambda: Masking(block=1.5), "masking.block: 1.5"),
                        (lambda: FeatureDistance(weight=0), "feature_distance.weight: 0"),

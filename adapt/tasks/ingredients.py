@@ -3,7 +3,7 @@
 A recipe names the ingredients it uses under ``model.init_args`` (jsonargparse builds each dataclass from its YAML
 mapping; ``null`` turns an optional one off), for example MIC on HRDA:
 
-    teacher: {ema_alpha: 0.999, pseudo_threshold: 0.968}
+    teacher: {ema_alpha: 0.999, pseudo_threshold: 0.968, mode: train, weighting: batch}
     feature_distance: {weight: 0.005}
     masking: {ratio: 0.7, block: 0.0625}
     multi_resolution: {context_scale: 0.5, detail_crop: [512, 512]}
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import torch
 
@@ -49,17 +49,28 @@ class Teacher:
 
     Args:
         ema_alpha: the teacher's EMA weight, in [0, 1) (DAFormer: 0.999); 0 makes the teacher the current student.
-        pseudo_threshold: confidence above which a pixel counts as sure, in [0, 1) (DAFormer: 0.968).
-        confidence_weighting: weight each target image's pseudo-labels by its share of sure pixels (else 1).
+        pseudo_threshold: confidence at or above which a pixel counts as sure, in [0, 1) (DAFormer: 0.968).
+        confidence_weighting: weight the pseudo-labels by the share of sure pixels (else 1).
+        mode: ``train`` (DAFormer): the teacher labels in train mode (BatchNorm normalizes with the target batch's
+            statistics and records none; dropout and drop-path off) and the EMA averages its parameters only;
+            ``eval``: it labels in eval mode (its running statistics) and the EMA averages its BatchNorm statistics
+            too (under DDP taken from process 0).
+        weighting: ``batch`` (DAFormer): one share of sure pixels for the whole batch (of a process); ``image``:
+            each image its own share.
     """
 
     ema_alpha: float = 0.999
     pseudo_threshold: float = 0.968
     confidence_weighting: bool = True
+    mode: Literal["train", "eval"] = "train"
+    weighting: Literal["batch", "image"] = "batch"
 
     def __post_init__(self) -> None:
         _share("teacher.ema_alpha", self.ema_alpha)
         _share("teacher.pseudo_threshold", self.pseudo_threshold)
+        for key, allowed in (("mode", ("train", "eval")), ("weighting", ("batch", "image"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{KEY}.teacher.{key}: {getattr(self, key)!r}; choose {' or '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,8 @@ class MultiResolution:
         context_scale: the context's resolution relative to the crop, 1/k with k dividing F's output stride
             (HRDA: 0.5).
         detail_crop: height and width of the detail crop at full resolution, multiples of F's output stride (32)
-            no larger than the training crop (HRDA: 512 512).
+            and of the fusion grid (k times F's logit stride: 8 for DAFormer at 0.5) no larger than the training
+            crop (HRDA: 512 512); its offsets are multiples of that grid (HRDA: 8 px).
         detail_loss_weight: weight of the detail logits' loss, in [0, 1] (HRDA: 0.1); the fused logits' weighs
             one minus it.
     """
@@ -158,7 +170,9 @@ def multi_resolution_loss(segmenter: torch.nn.Module, x: torch.Tensor, y: torch.
     """HRDA's loss of ``segmenter`` (with ``multi_resolution``) on the crop ``x`` float [B, 3, H, W] against ``y``
     int64 [B, H, W] (pixel weights ``weight`` float [B, H, W]; None: every pixel weighs 1): a detail box drawn by
     ``generator``, then ``(1 - detail_weight) * CE(fused, y) + detail_weight * CE(detail, y in the box)`` (HRDA's
-    ``HRDAHead.losses`` with ``hr_loss_weight``), each term the mean over the global batch's labelled pixels by
+    ``HRDAHead.losses`` with ``hr_loss_weight``; both logits computed at F's logit stride and upsampled, bilinear,
+    to their labels' size as mmseg's ``losses`` resize them; the context logits get no loss, HRDA's
+    ``lr_loss_weight`` 0), each term the mean over the global batch's labelled pixels by
     ``mean`` (``adapt.losses.global_batch_mean`` bound to the run: (sum, count) -> (loss to backpropagate, value)).
 
     Returns (loss, value, the pass: ``MultiResolutionOutput``, encoder features of the context if ``features``).

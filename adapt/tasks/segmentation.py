@@ -38,14 +38,14 @@ class SegmentationTask(pl.LightningModule):
         arch: ``unet``, ``fpn``, ``deeplabv3plus``, ``fcn``, ``segformer``, ``upernet``, ``daformer`` or ``dpt``
             (see ``build_segmenter``).
         encoder_name: smp encoder name.
-        encoder_weights: ``imagenet``, a local encoder state-dict file, or None (random initialization).
+        encoder_weights: ``imagenet``, None (random), or an encoder weights file: smp's naming, SegFormer's MiT release
+            (``mit_b5.pth``), timm's or DINOv2's naming for ``tu-`` encoders (``adapt.nets.pretrained``).
         class_names: class names in train-index order; recipes leave it out and the CLI takes it from the data.
         lr: peak learning rate.
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
-        lr_schedule: ``poly`` (lr * (1 - step / total) ** poly_power, per step, the segmentation standard) or
-            ``constant``.
-        poly_power: the poly schedule's power (0.9, mmseg's default; DAFormer / HRDA / MIC: 1.0, linear).
+        lr_schedule: ``poly`` (lr * (1 - step / total) ** poly_power, per step) or ``constant``.
+        poly_power: the poly schedule's power (0.9; DAFormer / HRDA / MIC: 1.0).
         translator_checkpoint: a TranslationTask checkpoint; F then trains on ``g_st(x_s)`` (source images
             rendered in target style by the frozen translator, on the fly) instead of ``x_s``.
         segmenter_kwargs: further smp model arguments, by smp's names (``decoder_dropout: 0.0`` for FPN, say).

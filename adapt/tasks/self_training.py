@@ -16,54 +16,64 @@ from adapt.nets.segmenter import batch_norms
 from adapt.nets.translator import translate_padded
 from adapt.tasks.ingredients import (FeatureDistance, Masking, MultiResolution, Teacher, ingredient,
                                      multi_resolution_loss, record)
-from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, mix, pseudo_labels,
-                                statistics_kept, strong_photometric)
+from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, every_pixel_counted, labelling,
+                                mix, pixel_weights, pseudo_labels, statistics_kept, strong_transform)
 from adapt.tasks.segmentation import SegmentationTask
 
 Norm = Literal["train", "keep_statistics", "frozen"]
+LossAverage = Literal["all", "labelled"]
 
 
 class SelfTrainingTask(SegmentationTask):
     """Self-training with an EMA teacher and pseudo-labels, and the ingredients of the DACS / DAFormer / HRDA / MIC
-    line (``adapt.tasks.ingredients``: one typed object each, null when off).
+    line (``adapt.tasks.ingredients``: one typed object each, null when off), each step as the official code
+    (lhoyer/MIC 2f932a98) takes it; its pieces are ``adapt.tasks.mixing``.
 
     Every step, with source batch (x_s, y_s) and target batch x_t (same crop size and batch size):
 
     1. ``loss_source``: cross-entropy of the student F on (x_s, y_s) (x_s translated by ``translator_checkpoint``'s
        g_st first, if given: CycleGAN or FDA).
-    2. ``teacher``: the teacher (an EMA of F, eval mode, no gradient) labels x_t: pseudo-labels = its argmax; each
-       target image's weight = the share of its pixels more confident than ``pseudo_threshold`` (1 without
-       ``confidence_weighting``).
-    3. ``mixing: classmix``: half the classes of each source image pasted onto its target image, labels mixed the
-       same way (source pixels weigh 1, target pixels their image's weight); null: the target image alone. Then,
-       with ``strong_augment``, DACS's colour jitter and blur.
+    2. ``teacher``: the teacher (an EMA of F; no gradient, autocast off: float32 logits) labels x_t with its argmax.
+       ``teacher.mode: train`` (DAFormer): it labels in train mode, BatchNorm normalizing with x_t's statistics
+       (recording none), dropout and drop-path off (``norm: frozen``: BatchNorm in eval mode). Every pixel's weight
+       = the share of the batch's pixels whose top probability is >= ``pseudo_threshold`` (``teacher.weighting:
+       batch``; 1 without ``confidence_weighting``), times the target's ``valid`` map if the data gives one (0 in
+       the data's ``pseudo_label_margins``).
+    3. ``mixing: classmix``: for each pair, ceil(n / 2) of the n classes of the whole source batch's labels (the
+       ignore label among them) pasted from the source image onto the target image, labels mixed the same way
+       (source pixels weigh 1, target pixels their weight); null: the target images alone. Then, with
+       ``strong_augment``, DACS's augmentation of each image: colour jitter when the step's uniform draw exceeds 0.2
+       (80 % of steps; kornia 0.5.8's: brightness +-0.2 added, contrast and HSV saturation x [0.8, 1.2], hue +-0.2
+       turn, in a random order), a Gaussian blur when a second draw exceeds 0.5 (sigma in [0.15, 1.15], kernel
+       about 0.1 x the side, reflected borders).
     4. ``loss_mixed``: weighted cross-entropy of F on that batch; ``loss = loss_source + lambda_target * loss_mixed
        (+ lambda_entropy * mean entropy of F on x_t, MinEnt)``.
     5. ``feature_distance`` (DAFormer): ``+ weight * fd``, the mean L2 distance between F's deepest encoder features
        of x_s and those of a frozen copy of the ImageNet encoder, over the feature cells its classes cover.
-    6. ``masking`` (MIC): the target images, colour-augmented, with square blocks hidden; ``+ weight *
-       loss_masked``, the cross-entropy of F on them against the teacher's pseudo-labels of the whole, unmasked
-       images (weighted like step 2).
-    7. After the optimizer step: teacher <- EMA(teacher, F) with weight ``min(1 - 1/(step + 1), ema_alpha)``.
+    6. ``masking`` (MIC): x_t augmented as in step 3 but as one batch (its own draws: one jitter order and sigma),
+       then hidden in blocks: a grid of round(H / block) x round(W / block) cells, each hidden with probability
+       ``ratio``, its pixels set to F's input mean colour (0 once normalized); ``+ weight * loss_masked``, the
+       cross-entropy of F on them against the labels and weights of step 2 (margins included).
+    7. After optimizer step k: the teacher's parameters <- EMA(teacher, F) with weight ``min(1 - 1/(k + 1),
+       ema_alpha)``; its buffers stay (``teacher.mode: eval``: averaged too, taken from process 0 under DDP).
     8. ``multi_resolution`` (HRDA, ``adapt.nets.hrda``): F gains a scale-attention head, and every pass of the
        student in steps 1, 4, 5 and 6 is multi-resolution: the crop (the data's ``crop_size``, HRDA: 1024 x 1024)
-       resized by ``context_scale`` is the context, a full-resolution ``detail_crop`` inside it (drawn per pass,
-       offsets on multiples of F's output stride, 32 px) the detail; each loss is ``(1 - detail_loss_weight)`` x
-       that of the fused logits + ``detail_loss_weight`` x that of the detail logits on the detail box (MinEnt and
-       the feature distance use the fused logits and the context's features). The teacher's pseudo-labels,
-       validation and every later use of F (``adapt evaluate`` / ``predict``) fuse the context with overlapping
-       detail windows (stride half the detail crop) over the whole input; validation during fit slides windows of
-       the training crop (stride half of it), HRDA's test setting.
+       resized by ``context_scale`` is the context, a full-resolution ``detail_crop`` inside it (drawn per pass)
+       the detail; each loss is ``(1 - detail_loss_weight)`` x that of the fused logits + ``detail_loss_weight`` x
+       that of the detail logits on the detail box (MinEnt and the feature distance use the fused logits and the
+       context's features). The teacher's pseudo-labels, validation and every later use of F (``adapt evaluate`` /
+       ``predict``) fuse the context with overlapping detail windows (stride half the detail crop) over the whole
+       input; validation during fit slides windows of the training crop (stride half of it), HRDA's test setting.
 
-    Rare-class sampling of the source images is the data's ``rare_class_sampling``; domain randomization of them
-    its ``augment``. Every argument of ``SegmentationTask`` applies (``init_from`` starts the student and the
-    teacher from an adapted F; ``warmup_steps`` ramps the learning rate up). The checkpoint's ``segmenter`` is
-    the student, which ``adapt evaluate`` scores; the teacher is saved too (``teacher.*``), for resuming. The
-    hyperparameters record each ingredient as a plain dict (or null).
+    Every cross-entropy is a mean over all pixels of the global batch (``loss_average``). A step's random draws
+    (detail boxes, ClassMix, augmentation, masks) come from one generator keyed to (seed, process, step). Rare-class
+    sampling and augmentation of the source images are the data's. Every argument of ``SegmentationTask`` applies
+    (``init_from`` starts student and teacher). The checkpoint's ``segmenter`` is the student, which ``adapt
+    evaluate`` scores; the teacher is saved too (``teacher.*``), for resuming; ingredients are recorded as dicts.
 
     Args:
         teacher: the EMA teacher and its pseudo-labels (``Teacher``: ema_alpha 0.999, pseudo_threshold 0.968,
-            confidence_weighting true).
+            confidence_weighting true, mode train, weighting batch).
         mixing: ``classmix`` pastes source classes onto target images; null trains on the target images alone.
         strong_augment: colour jitter and blur on the mixed (or target) images.
         lambda_target: weight of the mixed (pseudo-labelled) loss.
@@ -79,6 +89,9 @@ class SelfTrainingTask(SegmentationTask):
             AdaBN took from the unlabelled target images, ``adapt tta``). ``frozen``: the layers stay in eval mode:
             every pass normalizes with the running statistics F starts with, the ones it is evaluated with, and
             records none (their scale and shift still learn). MIC's masked pass never records statistics.
+        loss_average: ``all`` (mmseg): each cross-entropy averages over every pixel of the global batch, an ignored
+            pixel adding 0 to the sum and 1 to the count; ``labelled``: over the labelled pixels (adapt's earlier
+            choice).
     """
 
     train_domains = ("source", "target")
@@ -97,15 +110,17 @@ class SelfTrainingTask(SegmentationTask):
     def __init__(self, *args, teacher: Teacher = Teacher(), mixing: Literal["classmix"] | None = "classmix",
                  strong_augment: bool = True, lambda_target: float = 1.0, lambda_entropy: float = 0.0,
                  feature_distance: FeatureDistance | None = None, masking: Masking | None = None,
-                 multi_resolution: MultiResolution | None = None, norm: Norm = "train", **kwargs) -> None:
+                 multi_resolution: MultiResolution | None = None, norm: Norm = "train",
+                 loss_average: LossAverage = "all", **kwargs) -> None:
         chosen = (ingredient(Teacher, teacher), ingredient(FeatureDistance, feature_distance),
                   ingredient(Masking, masking), ingredient(MultiResolution, multi_resolution))
         # save_hyperparameters (in super().__init__) reads these names: checkpoints record plain dicts
         teacher, feature_distance, masking, multi_resolution = (record(value) for value in chosen)
         super().__init__(*args, **kwargs)
         self.teacher_settings, self.feature_distance, self.masking, self.multi_resolution = chosen
-        if norm not in Norm.__args__:
-            raise ConfigError(f"model.init_args.norm: {norm!r}; choose {', '.join(Norm.__args__)}")
+        for key, value, allowed in (("norm", norm, Norm), ("loss_average", loss_average, LossAverage)):
+            if value not in allowed.__args__:
+                raise ConfigError(f"model.init_args.{key}: {value!r}; choose {', '.join(allowed.__args__)}")
         if self.feature_distance is not None:
             self.thing_classes = self.feature_distance.class_indices(self.class_names)
             if self.hparams.encoder_weights is None:
@@ -140,7 +155,7 @@ class SelfTrainingTask(SegmentationTask):
         super().train(mode)
         for frozen in ("teacher", "imagenet_encoder"):
             if hasattr(self, frozen):
-                getattr(self, frozen).eval()  # always predicts with its (EMA / ImageNet) running statistics
+                getattr(self, frozen).eval()  # the teacher labels in the mode ``labelling`` sets, then rests in eval
         if self.hparams.norm == "frozen":
             for norm in batch_norms(self.segmenter):
                 norm.eval()
@@ -153,13 +168,12 @@ class SelfTrainingTask(SegmentationTask):
         return self._step(batch)
 
     def _step(self, batch: dict) -> torch.Tensor:
-        """The data flow of one step: each ingredient's term when that ingredient is present. Every random draw
-        (detail boxes, ClassMix, augmentation, masks) comes from one generator keyed to (seed, process, step)."""
+        """The data flow of one step: each ingredient's term when that ingredient is present."""
         hp = self.hparams
         x_s, y_s, x_t = self._inputs(batch)
         generator = torch.Generator().manual_seed(derive_seed(MIX, global_seed(), self.global_rank, self.global_step))
         loss_s, value_s, features_s = self._loss(x_s, y_s, None, generator, self.feature_distance is not None)
-        pseudo_t, weight_t = self._pseudo_labels(x_t)
+        pseudo_t, weight_t, share = self._pseudo_labels(x_t, batch["target"].get("valid"))
         x_m, y_m, w_m = self._mixed(x_s, y_s, x_t, pseudo_t, weight_t, generator)
         terms = {"train/loss_mixed": (hp.lambda_target, self._loss(x_m, y_m, w_m, generator)[:2])}
         if hp.lambda_entropy > 0:
@@ -175,7 +189,7 @@ class SelfTrainingTask(SegmentationTask):
             loss, value, values[name] = loss + weight * loss_term, value + weight * value_term, value_term
         self.log_dict(values, batch_size=x_s.shape[0])
         self.log("train/loss", value, prog_bar=True, batch_size=x_s.shape[0])
-        self.log("train/pseudo_weight", weight_t.mean(), batch_size=x_s.shape[0], sync_dist=True)
+        self.log("train/pseudo_weight", share.mean(), batch_size=x_s.shape[0], sync_dist=True)
         return loss
 
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,7 +210,9 @@ class SelfTrainingTask(SegmentationTask):
               features: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(loss to backpropagate, value, F's deepest encoder features or None): the student's cross-entropy on
         ``x`` against ``y`` int64 [B, H, W] (pixel weights float [B, H, W] or None), the mean over the global
-        batch's labelled pixels; multi-resolution (HRDA's loss, a detail box drawn by ``generator``) when on."""
+        batch's pixels (``loss_average``); multi-resolution (HRDA's loss, a detail box drawn by ``generator``)."""
+        if self.hparams.loss_average == "all":
+            y, weight = every_pixel_counted(y, weight)
         if self.multi_resolution is not None:
             loss, value, passed = multi_resolution_loss(self.segmenter, x, y, weight, generator,
                                                         self.multi_resolution.detail_loss_weight,
@@ -206,14 +222,17 @@ class SelfTrainingTask(SegmentationTask):
         return (*self.global_batch_mean(*pixel_cross_entropy(logits, y, weight)), found)
 
     @torch.no_grad()
-    def _pseudo_labels(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's (labels int64 [B, H, W], weights float [B, H, W]: each image's share of sure pixels, or 1
-        without ``confidence_weighting``)."""
-        pseudo_t, weight_t = pseudo_labels(self.teacher(x_t).float().softmax(1),
-                                           self.teacher_settings.pseudo_threshold)
-        if not self.teacher_settings.confidence_weighting:
-            weight_t = torch.ones_like(weight_t)
-        return pseudo_t, weight_t[:, None, None].expand_as(pseudo_t)
+    def _pseudo_labels(self, x_t: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The teacher's (labels int64 [B, H, W], pixel weights float [B, H, W], the confidence shares float [B]):
+        a weight is the share (of the batch or of its image, ``teacher.weighting``; 1 without
+        ``confidence_weighting``) times ``valid`` (uint8 [B, H, W], 0 in the pseudo-label margins) where given."""
+        settings = self.teacher_settings
+        with labelling(self.teacher, settings.mode, self.hparams.norm == "frozen"), \
+                torch.autocast(x_t.device.type, enabled=False):
+            pseudo_t, share = pseudo_labels(self.teacher(x_t).float().softmax(1), settings.pseudo_threshold,
+                                            settings.weighting)
+        share = share if settings.confidence_weighting else torch.ones_like(share)
+        return pseudo_t, pixel_weights(share, valid, pseudo_t.shape), share
 
     def _mixed(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor, pseudo_t: torch.Tensor,
                weight_t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -226,7 +245,7 @@ class SelfTrainingTask(SegmentationTask):
         else:
             x_m, y_m, w_m = x_t, pseudo_t, weight_t
         if self.hparams.strong_augment:
-            x_m = strong_photometric(x_m, generator)
+            x_m = strong_transform(x_m, generator, per_image=True)
         return x_m, y_m, w_m
 
     def _entropy(self, x_t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,22 +272,26 @@ class SelfTrainingTask(SegmentationTask):
 
     def _masked_consistency(self, x_t: torch.Tensor, pseudo_t: torch.Tensor, weight_t: torch.Tensor,
                             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """MIC: (loss to backpropagate, value), the weighted cross-entropy of F on colour-augmented x_t with blocks
-        hidden against the teacher's labels of the whole x_t (``pseudo_t`` int64 [B, H, W], ``weight_t`` [B, H, W])."""
-        x_aug = strong_photometric(x_t, generator)  # (draws first, then the masks)
+        """MIC: (loss to backpropagate, value), the weighted cross-entropy of F on x_t strongly augmented with blocks
+        hidden (F's mean colour) against the teacher's labels of the whole x_t (``pseudo_t`` int64 [B, H, W],
+        ``weight_t`` [B, H, W])."""
+        x_aug = strong_transform(x_t, generator, per_image=False)  # (draws first, then the masks)
         block = max(1, round(self.masking.block * x_t.shape[2]))
-        masks = block_masks((x_t.shape[0], *x_t.shape[2:]), self.masking.ratio, block, generator)
-        with statistics_kept(self.segmenter):  # 70 % black images must not become F's BatchNorm statistics
-            return self._loss(x_aug * masks.to(x_t), pseudo_t, weight_t, generator)[:2]
+        kept = block_masks((x_t.shape[0], *x_t.shape[2:]), self.masking.ratio, block, generator).to(x_t.device)
+        x_masked = torch.where(kept > 0, x_aug, self.segmenter.mean.to(x_aug.dtype))
+        with statistics_kept(self.segmenter):  # 70 % mean-colour images must not become F's BatchNorm statistics
+            return self._loss(x_masked, pseudo_t, weight_t, generator)[:2]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """The EMA update, after the optimizer step (``global_step`` already counts it). Under DDP the students are
-        identical after the step, except BatchNorm statistics, which each process gathers from its own share: the
-        teacher's buffers are then taken from process 0, so that every process holds the same teacher."""
+        identical after the step, except BatchNorm statistics, which each process gathers from its own share: an
+        eval-mode teacher, which averages them, then takes its buffers from process 0, so that every process holds
+        the same teacher (a train-mode teacher's buffers never change)."""
         if self.global_step == self._ema_step:
             return  # an accumulation batch: no optimizer step yet
         self._ema_step = self.global_step
-        ema_update(self.teacher, self.segmenter, ema_alpha(self.global_step - 1, self.teacher_settings.ema_alpha))
-        if self.trainer.world_size > 1:
+        buffers = self.teacher_settings.mode == "eval"
+        ema_update(self.teacher, self.segmenter, ema_alpha(self.global_step, self.teacher_settings.ema_alpha), buffers)
+        if buffers and self.trainer.world_size > 1:
             for buffer in self.teacher.buffers():
                 torch.distributed.broadcast(buffer, src=0)
