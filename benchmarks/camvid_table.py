@@ -17,6 +17,8 @@ run are reused), then prints, from the stages' ``stage.json`` (the evaluate stag
     python benchmarks/camvid_table.py --output benchmarks/results/camvid_seeds_3_4_5.txt   # the confirmatory run
     python benchmarks/camvid_table.py --seeds 0 1 2        # the development record
     python benchmarks/camvid_table.py --no-run             # only print the tables of what has run
+    python benchmarks/camvid_table.py --experiment benchmarks/camvid_self_training_rows.yaml \
+        --runs runs/camvid/self_training_rows              # the self-training rows alone (about 25 min)
 
 ``--output FILE`` writes the printed tables to a result file under a header (command, commit, date, machine).
 """
@@ -161,11 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
     parser.add_argument("--runs", default="runs/camvid/benchmark", help="the experiment's folder")
+    parser.add_argument("--experiment", default="recipes/camvid/benchmark.yaml",
+                        help="the experiment to run (benchmarks/camvid_self_training_rows.yaml: those rows alone)")
     parser.add_argument("--no-run", dest="run", action="store_false", help="print the tables of what has run")
     parser.add_argument("--output", default=None, help="also write the printed tables to this result file")
     args, extra = parser.parse_known_args()
     if args.run:
-        command = [sys.executable, "-m", "adapt.cli", "run", "recipes/camvid/benchmark.yaml", "--output", args.runs,
+        command = [sys.executable, "-m", "adapt.cli", "run", args.experiment, "--output", args.runs,
                    "--seeds", *map(str, args.seeds), *extra]
         subprocess.run(command, check=True)
     out = Path(args.runs)
