@@ -143,15 +143,17 @@ def test_statistics_kept_normalizes_by_batch_and_records_nothing():
     assert any(not torch.equal(v, before[k]) for k, v in segmenter.state_dict().items())  # which does record
 
 
-def test_masked_images_do_not_move_batchnorm_statistics():
-    task = SelfTrainingTask(arch="fpn", class_names=NAMES, masking=Masking()).train()
+@pytest.mark.parametrize("record", [True, False])
+def test_masked_pass_records_batchnorm_statistics_as_mic_unless_switched_off(record):
+    task = SelfTrainingTask(arch="fpn", class_names=NAMES, masking=Masking(record_statistics=record)).train()
     batch = {"source": {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, len(NAMES), (2, 64, 64))},
              "target": {"image": torch.rand(2, 3, 64, 64)}}
     _logged(task)
     task.training_step(batch, 0)
     counters = [m.num_batches_tracked.item() for m in task.segmenter.modules()
                 if isinstance(m, torch.nn.BatchNorm2d)]
-    assert counters and set(counters) == {2}  # the source and the mixed pass; not the masked one
+    # the source and the mixed pass, and with MIC's setting the masked one (the teacher's pass records nothing)
+    assert counters and set(counters) == {3 if record else 2}
 
 
 def test_norm_keep_statistics_leaves_batchnorm_statistics_as_they_started():

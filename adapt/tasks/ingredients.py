@@ -109,11 +109,14 @@ class Masking:
         ratio: share of hidden blocks, in (0, 1) (MIC: 0.7).
         block: side of a block as a share of the image height, in (0, 1] (MIC: 64 px of 512, 0.125).
         weight: weight of the masked-image loss, > 0 (MIC: 1).
+        record_statistics: the masked pass records F's BatchNorm running statistics like any student pass (MIC);
+            false keeps them out (adapt's choice: masked images are not what F is evaluated on).
     """
 
     ratio: float = 0.7
     block: float = 0.125
     weight: float = 1.0
+    record_statistics: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:

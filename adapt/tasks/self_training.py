@@ -88,7 +88,8 @@ class SelfTrainingTask(SegmentationTask):
             statistics, but the running ones stay those F starts with (``init_from``: say an F whose statistics
             AdaBN took from the unlabelled target images, ``adapt tta``). ``frozen``: the layers stay in eval mode:
             every pass normalizes with the running statistics F starts with, the ones it is evaluated with, and
-            records none (their scale and shift still learn). MIC's masked pass never records statistics.
+            records none (their scale and shift still learn). MIC's masked pass records with ``train`` unless
+            ``masking.record_statistics`` is false.
         loss_average: ``all`` (mmseg): each cross-entropy averages over every pixel of the global batch, an ignored
             pixel adding 0 to the sum and 1 to the count; ``labelled``: over the labelled pixels (adapt's earlier
             choice).
@@ -279,7 +280,9 @@ class SelfTrainingTask(SegmentationTask):
         block = max(1, round(self.masking.block * x_t.shape[2]))
         kept = block_masks((x_t.shape[0], *x_t.shape[2:]), self.masking.ratio, block, generator).to(x_t.device)
         x_masked = torch.where(kept > 0, x_aug, self.segmenter.mean.to(x_aug.dtype))
-        with statistics_kept(self.segmenter):  # 70 % mean-colour images must not become F's BatchNorm statistics
+        if self.masking.record_statistics:  # MIC: a student pass like the others
+            return self._loss(x_masked, pseudo_t, weight_t, generator)[:2]
+        with statistics_kept(self.segmenter):  # 70 % mean-colour images kept out of F's BatchNorm statistics
             return self._loss(x_masked, pseudo_t, weight_t, generator)[:2]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
