@@ -61,6 +61,10 @@ class _DropTips(logging.Filter):
 def quiet_lightning() -> None:
     """Silence messages that say nothing about the run (tips, third-party deprecations, the TensorBoard hint)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
+    adapt_log = logging.getLogger("adapt")  # adapt's own INFO lines (what an encoder weights file filled, say)
+    if not adapt_log.handlers:
+        adapt_log.addHandler(logging.StreamHandler())
+        adapt_log.setLevel(logging.INFO)
     for message in (".*LightningCLI's args parameter.*", ".*LeafSpec.*is deprecated.*", ".*tensorboardX.*",
                     ".*does not have many workers.*",
                     ".*module\\(s\\) in eval mode at the start of training.*",  # frozen parts: teacher, encoder

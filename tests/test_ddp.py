@@ -192,16 +192,19 @@ def test_two_nodes_with_torchrun(tmp_path):
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4
 
 
-def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair, mode):
     """Each process's BatchNorm statistics come from its own share of the batch (no sync_batchnorm here), yet the
-    EMA teachers of both processes end identical, as do the students' weights."""
+    EMA teachers of both processes end identical, as do the students' weights: the official teacher (train mode)
+    records no statistics; adapt's eval-mode teacher averages them and takes them from process 0."""
     import subprocess
     import sys
 
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, "tests/ddp_self_training.py", str(tiny_pair), str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    result = subprocess.run([sys.executable, "tests/ddp_self_training.py", str(tiny_pair), str(tmp_path), mode],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(2)]
     for key, value in ranks[0]["teacher"].items():
@@ -212,3 +215,6 @@ def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair):
             assert torch.equal(value, ranks[1]["student"][key]), key  # DDP: one set of weights
     assert any(not torch.equal(ranks[0]["student"][k], ranks[1]["student"][k]) for k in student_bn)  # they differ
     assert not torch.equal(ranks[0]["teacher"][student_bn[0]], ranks[0]["student"][student_bn[0]])  # an EMA
+    started = torch.zeros_like(ranks[0]["teacher"][student_bn[0]])  # a fresh BatchNorm's running mean
+    # the official teacher never records statistics; the eval-mode teacher's are an EMA of the student's
+    assert torch.equal(ranks[0]["teacher"][student_bn[0]], started) == (mode == "train")

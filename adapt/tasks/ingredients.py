@@ -175,7 +175,8 @@ def multi_resolution_loss(segmenter: torch.nn.Module, x: torch.Tensor, y: torch.
     ``generator``, then ``(1 - detail_weight) * CE(fused, y) + detail_weight * CE(detail, y in the box)`` (HRDA's
     ``HRDAHead.losses`` with ``hr_loss_weight``; both logits computed at F's logit stride and upsampled, bilinear,
     to their labels' size as mmseg's ``losses`` resize them; the context logits get no loss, HRDA's
-    ``lr_loss_weight`` 0), each term the mean over the global batch's labelled pixels by
+    ``lr_loss_weight`` 0), each term the mean over the global batch's labelled pixels (pixels labelled ignore count
+    in it when the caller relabels them with weight 0, as ``SelfTrainingTask``'s ``loss_average: all`` does) by
     ``mean`` (``adapt.losses.global_batch_mean`` bound to the run: (sum, count) -> (loss to backpropagate, value)).
 
     Returns (loss, value, the pass: ``MultiResolutionOutput``, encoder features of the context if ``features``).
