@@ -68,3 +68,18 @@ def test_no_decay_on_the_encoders_norms_as_mmcvs_norm_key():
 def test_bad_poly_power_names_the_key():
     with pytest.raises(ConfigError, match="model.init_args.poly_power"):
         SegmentationTask(class_names=NAMES, poly_power=0)
+
+
+def test_hrda_attention_head_learns_at_the_heads_rate():
+    """mmcv's ``head`` key matches HRDA's ``decode_head.scale_attention``: the attention learns at lr x 10 too."""
+    from adapt.tasks import SelfTrainingTask
+    from adapt.tasks.ingredients import MultiResolution
+
+    task = SelfTrainingTask(arch="daformer", encoder_name="mit_b0", class_names=NAMES, lr=6e-5, head_lr_factor=10,
+                            lr_schedule="constant", encoder_norm_decay=False,
+                            multi_resolution=MultiResolution(detail_crop=(64, 64)))
+    head = next(g for g in task.configure_optimizers().param_groups if g["lr"] == pytest.approx(6e-4))
+    attention = {id(p) for p in task.segmenter.multi_resolution.parameters()}
+    assert attention and attention <= {id(p) for p in head["params"]}
+    frozen = {id(p) for p in task.teacher.parameters()}
+    assert not frozen & {id(p) for g in task.configure_optimizers().param_groups for p in g["params"]}
