@@ -111,13 +111,14 @@ def mic_check(dry_run: bool, steps: int, work: Path, device: str) -> dict:
                  f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
                  f"--trainer.default_root_dir={work / 'mic'}", "--trainer.enable_progress_bar=false",
                  f"--model.init_args.encoder_name={encoder}", f"--model.init_args.encoder_weights={weights}"]
-    if dry_run:  # tiny: the smallest MiT, crops and HRDA's detail crop scaled down, on the CPU
+    if dry_run:  # tiny: the smallest MiT, sizes, crops, HRDA's detail crop and RCS's pixel counts scaled down
         overrides += ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.devices=1",
-                      "--data.init_args.crop_size=[64, 64]",
+                      "--data.init_args.crop_size=[64, 64]", "--data.init_args.resize=[64, 112]",
+                      "--data.init_args.target_resize=[64, 128]", "--data.init_args.rare_class_sampling.min_pixels=20",
                       "--data.init_args.batch_size=2", "--model.init_args.multi_resolution.detail_crop=[32, 32]",
                       "--data.init_args.num_workers=0"]
     else:
-        overrides += ["--trainer.devices=1"]  # the recipe's GPU, bf16, batch 2, 1024 crops, 512 detail crops
+        overrides += ["--trainer.devices=1"]  # the recipe as shipped: GPU, fp32, batch 2, 1024 crops, 512 detail crops
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
