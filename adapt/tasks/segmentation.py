@@ -27,6 +27,7 @@ from adapt.nets.segmenter import build_segmenter, load_matching
 from adapt.nets.translator import translate_padded
 from adapt.optimization import lr_scheduler, parameter_groups
 from adapt.plots import example_row, log_picture
+from adapt.tasks.mixes import SOURCE_MIXINGS, check_mixing, mix_within, mixed_loss, step_generator
 
 VAL_PICTURES = 4  # validation examples logged as pictures each round (to loggers that take pictures)
 
@@ -67,6 +68,9 @@ class SegmentationTask(pl.LightningModule):
         class_subsets: means over class subsets reported beside the mIoU (``adapt.metrics.CLASS_SUBSETS``):
             ``[synthia16, synthia13]`` logs ``val/miou_16`` and ``val/miou_13`` (SYNTHIA -> Cityscapes), and
             ``adapt evaluate`` of the checkpoint writes them into metrics.json.
+        mixing: ``cutmix``, ``mixup`` or ``moex`` of each source image with a partner of its batch, null: off
+            (``adapt.tasks.mixes``; ``SelfTrainingTask``'s own ``mixing`` leaves its source term unmixed), with
+            ``mixing_alpha`` (lam ~ Beta(alpha, alpha)), ``moex_lambda`` and ``moex_layer`` (``stem`` or ``C2``).
     """
 
     train_domains = ("source",)  # the training batches it reads: DomainDataModule loads no target images
@@ -82,7 +86,9 @@ class SegmentationTask(pl.LightningModule):
                  compile: bool | str = False, init_from: str | None = None, freeze_encoder: bool = False,
                  encoder_lr_factor: float = 1.0, head_lr_factor: float = 1.0, warmup_steps: int = 0,
                  class_subsets: list[ClassSubset] | None = None, poly_power: float = 0.9,
-                 encoder_norm_decay: bool = True) -> None:
+                 encoder_norm_decay: bool = True, mixing: Literal["cutmix", "mixup", "moex"] | None = None,
+                 mixing_alpha: float = 1.0, moex_lambda: float = 0.9, moex_layer: Literal["stem", "C2"] = "stem"
+                 ) -> None:
         super().__init__()
         if not class_names:
             raise ConfigError("model.class_names: empty; give the class names (the CLI takes them from the data)")
@@ -97,6 +103,8 @@ class SegmentationTask(pl.LightningModule):
         self.segmenter = build_segmenter(arch, encoder_name, encoder_weights, num_classes=len(class_names),
                                          **(segmenter_kwargs or {}))
         self.segmenter.net.encoder.requires_grad_(not freeze_encoder)
+        check_mixing(mixing, SOURCE_MIXINGS, self.segmenter, mixing_alpha, moex_lambda, moex_layer, bool(compile))
+        self.source_mixing = mixing  # (SelfTrainingTask's hparams.mixing is its own; this stays None there)
         self.train()  # a frozen encoder goes to eval mode now (Lightning restores submodule modes it captured)
         if channels_last:
             self.segmenter.to_channels_last()
@@ -142,7 +150,8 @@ class SegmentationTask(pl.LightningModule):
         """A task around an F that ``adapt.checkpoints.load_segmenter`` loaded (of any task built on this one), for
         Lightning's test loop: the checkpoint's own arguments (classes, ignore index, class subsets, memory order)
         and its F itself; no encoder weights fetched, no file read here."""
-        names = set(inspect.signature(cls.__init__).parameters) - {"self", "compile", "encoder_weights", "init_from"}
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "compile", "encoder_weights", "init_from",
+                                                                   "mixing"}
         task = cls(**{k: v for k, v in loaded.hyper_parameters.items() if k in names}, encoder_weights=None)
         task.segmenter = loaded.segmenter  # replaces the one built from the same arguments
         if loaded.channels_last:
@@ -192,8 +201,12 @@ class SegmentationTask(pl.LightningModule):
         if self.train_translator is not None:
             with torch.no_grad():
                 x_s = translate_padded(self.train_translator, x_s)  # x_st: source content, target style
-        logits_s = self.segmenter(x_s)
-        loss, loss_global = self.global_batch_mean(*pixel_cross_entropy(logits_s, y_s))
+        if self.source_mixing is None:
+            loss, loss_global = self.global_batch_mean(*pixel_cross_entropy(self.segmenter(x_s), y_s))
+        else:  # each image with a partner of its batch, drawn by the step's generator
+            mixed = mix_within(self.source_mixing, x_s, y_s, step_generator(self.global_rank, self.global_step),
+                               self.hparams.mixing_alpha, self.hparams.moex_lambda)
+            loss, loss_global = mixed_loss(self.segmenter, mixed, self.hparams.moex_layer, self.global_batch_mean)
         self.log("train/loss", loss_global, prog_bar=True, batch_size=x_s.shape[0])
         return loss
 

@@ -16,8 +16,9 @@ from adapt.nets.segmenter import batch_norms
 from adapt.nets.translator import translate_padded
 from adapt.tasks.ingredients import (FeatureDistance, Masking, MultiResolution, Teacher, ingredient,
                                      multi_resolution_loss, record)
-from adapt.tasks.mixing import (block_masks, classmix_masks, ema_alpha, ema_update, every_pixel_counted, labelling,
-                                mix, pixel_weights, pseudo_labels, statistics_kept, strong_transform)
+from adapt.tasks.mixes import TARGET_MIXINGS, Mixed, check_mixing, mix_into_target, mixed_loss
+from adapt.tasks.mixing import (block_masks, ema_alpha, ema_update, every_pixel_counted, labelling, pixel_weights,
+                                pseudo_labels, statistics_kept, strong_transform)
 from adapt.tasks.segmentation import SegmentationTask
 
 Norm = Literal["train", "keep_statistics", "frozen"]
@@ -74,7 +75,9 @@ class SelfTrainingTask(SegmentationTask):
     Args:
         teacher: the EMA teacher and its pseudo-labels (``Teacher``: ema_alpha 0.999, pseudo_threshold 0.968,
             confidence_weighting true, mode train, weighting batch).
-        mixing: ``classmix`` pastes source classes onto target images; null trains on the target images alone.
+        mixing: ``classmix`` pastes source classes onto target images; null trains on the target images alone;
+            ``cutmix`` (a source box), ``mixup`` and ``moex`` (``adapt.tasks.mixes.mix_into_target``; with HRDA
+            only classmix and cutmix), with ``mixing_alpha``, ``moex_lambda``, ``moex_layer`` as in SegmentationTask.
         strong_augment: colour jitter and blur on the mixed (or target) images.
         lambda_target: weight of the mixed (pseudo-labelled) loss.
         lambda_entropy: weight of MinEnt on the target images (0: off; costs one more forward pass of F).
@@ -108,7 +111,8 @@ class SelfTrainingTask(SegmentationTask):
         "hrda_detail_crop": "multi_resolution.detail_crop",
         "hrda_detail_loss_weight": "multi_resolution.detail_loss_weight"}
 
-    def __init__(self, *args, teacher: Teacher = Teacher(), mixing: Literal["classmix"] | None = "classmix",
+    def __init__(self, *args, teacher: Teacher = Teacher(),
+                 mixing: Literal["classmix", "cutmix", "mixup", "moex"] | None = "classmix",
                  strong_augment: bool = True, lambda_target: float = 1.0, lambda_entropy: float = 0.0,
                  feature_distance: FeatureDistance | None = None, masking: Masking | None = None,
                  multi_resolution: MultiResolution | None = None, norm: Norm = "train",
@@ -119,6 +123,9 @@ class SelfTrainingTask(SegmentationTask):
         teacher, feature_distance, masking, multi_resolution = (record(value) for value in chosen)
         super().__init__(*args, **kwargs)
         self.teacher_settings, self.feature_distance, self.masking, self.multi_resolution = chosen
+        hp = self.hparams
+        check_mixing(mixing, TARGET_MIXINGS, self.segmenter, hp.mixing_alpha, hp.moex_lambda, hp.moex_layer,
+                     bool(hp.compile), multi_resolution is not None)
         for key, value, allowed in (("norm", norm, Norm), ("loss_average", loss_average, LossAverage)):
             if value not in allowed.__args__:
                 raise ConfigError(f"model.init_args.{key}: {value!r}; choose {', '.join(allowed.__args__)}")
@@ -175,8 +182,10 @@ class SelfTrainingTask(SegmentationTask):
         generator = torch.Generator().manual_seed(derive_seed(MIX, global_seed(), self.global_rank, self.global_step))
         loss_s, value_s, features_s = self._loss(x_s, y_s, None, generator, self.feature_distance is not None)
         pseudo_t, weight_t, share = self._pseudo_labels(x_t, batch["target"].get("valid"))
-        x_m, y_m, w_m = self._mixed(x_s, y_s, x_t, pseudo_t, weight_t, generator)
-        terms = {"train/loss_mixed": (hp.lambda_target, self._loss(x_m, y_m, w_m, generator)[:2])}
+        m = self._mixed(x_s, y_s, x_t, pseudo_t, weight_t, generator)
+        loss_m = (self._loss(m.image, m.labels, m.weight, generator)[:2] if m.lam is None  # (two label sets: no HRDA)
+                  else mixed_loss(self.segmenter, m, hp.moex_layer, self.global_batch_mean, hp.loss_average == "all"))
+        terms = {"train/loss_mixed": (hp.lambda_target, loss_m)}
         if hp.lambda_entropy > 0:
             terms["train/entropy"] = (hp.lambda_entropy, self._entropy(x_t, generator))
         if self.feature_distance is not None:
@@ -236,18 +245,16 @@ class SelfTrainingTask(SegmentationTask):
         return pseudo_t, pixel_weights(share, valid, pseudo_t.shape), share
 
     def _mixed(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor, pseudo_t: torch.Tensor,
-               weight_t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """(images, labels, pixel weights) the student learns the pseudo-labels from: ClassMix of the source onto
-        the target batch (``mixing``) or the target batch, then DACS's strong augmentation (``strong_augment``)."""
-        if self.hparams.mixing == "classmix":
-            masks = classmix_masks(y_s, generator)
-            x_m, y_m = mix(masks, x_s, x_t), mix(masks, y_s, pseudo_t)
-            w_m = mix(masks, torch.ones_like(weight_t), weight_t)
-        else:
-            x_m, y_m, w_m = x_t, pseudo_t, weight_t
-        if self.hparams.strong_augment:
-            x_m = strong_transform(x_m, generator, per_image=True)
-        return x_m, y_m, w_m
+               weight_t: torch.Tensor, generator: torch.Generator) -> Mixed:
+        """The batch the student learns the pseudo-labels from (images, labels, pixel weights; two label sets for
+        mixup and MoEx): the source mixed into the target batch (``mixing``) or the target batch, then DACS's strong
+        augmentation (``strong_augment``)."""
+        hp = self.hparams
+        mixed = mix_into_target(hp.mixing, x_s, y_s, x_t, pseudo_t, weight_t, generator, hp.mixing_alpha,
+                                hp.moex_lambda)
+        if hp.strong_augment:
+            mixed = mixed._replace(image=strong_transform(mixed.image, generator, per_image=True))
+        return mixed
 
     def _entropy(self, x_t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """MinEnt: (loss to backpropagate, value), the mean entropy of the student's (fused) prediction of x_t."""
