@@ -9,10 +9,15 @@ D_Y and the reverse generator R: Y -> X, CycleGAN's generator objective is
 The segmenter's losses: ``pixel_cross_entropy`` (the one cross-entropy of F's training, per pixel, optionally
 weighted, summed) and ``global_batch_mean`` (that sum divided by the labelled pixels of the global batch, for DDP);
 the entropy (MinEnt, TENT, validators) and DAFormer's feature distance.
+
+Adversarial alignment (``adapt.tasks.adversarial``): ``self_information`` (AdvEnt's discriminator input, from the same
+-p log p terms as ``entropy``), ``domain_bce`` (F's term: target scores against ``SOURCE_LABEL``) and
+``discriminator_bce`` (D's objective).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -21,6 +26,7 @@ from torch.nn import functional as nnf
 from adapt.data.labels import IGNORE_INDEX
 
 EPS = 1e-12  # probabilities below it count as 0 in log p
+SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0  # the discriminator's domain labels (AdvEnt's: source 0, target 1)
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
@@ -130,10 +136,49 @@ def entropy(scores: torch.Tensor, dim: int = 1, logits: bool = True) -> torch.Te
             0 log 0 counts as 0), e.g. float [B, C, H, W] with ``dim=1`` or [N, C] with ``dim=-1``.
     Returns: ``scores`` without ``dim``, in [0, log C]; minimizing its mean on target images sharpens predictions.
     """
+    return information_terms(scores, dim, logits).sum(dim)
+
+
+def information_terms(scores: torch.Tensor, dim: int = 1, logits: bool = True) -> torch.Tensor:
+    """The terms -p log p (nats) of each class, whose sum over ``dim`` is ``entropy``: the one place of the package
+    that computes them. ``scores`` as in ``entropy``; returns its shape, each term in [0, 1 / e]."""
     if logits:
         log_p = nnf.log_softmax(scores if scores.dtype == torch.float64 else scores.float(), dim=dim)
-        return -(log_p.exp() * log_p).sum(dim)
-    return -(scores * scores.clamp_min(EPS).log()).sum(dim)
+        return -(log_p.exp() * log_p)
+    return -(scores * scores.clamp_min(EPS).log())
+
+
+def self_information(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """AdvEnt's weighted self-information map (Vu et al., CVPR 2019, eq. 5; ADVENT's ``prob_2_entropy``): per class,
+    ``I = -p log2 p / log2 C`` of F's softmax p over C classes (= -p ln p / ln C), what its discriminator reads.
+
+    logits float [B, C, H, W] (at the input's resolution: AdvEnt upsamples before the softmax; the softmax taken
+    in float32 or better) -> float [B, C, H, W], each value in [0, 1 / (e ln C)]; summed over C, the entropy
+    normalized to [0, 1]. Differentiable: F's adversarial gradient flows through it.
+    """
+    return information_terms(logits, dim) / math.log(logits.shape[dim])
+
+
+def domain_bce(scores: torch.Tensor, label: float) -> torch.Tensor:
+    """Binary cross-entropy of raw discriminator scores against one domain label for every cell (ADVENT's
+    ``bce_loss``): the mean over all cells of ``-(y log sigmoid(s) + (1 - y) log(1 - sigmoid(s)))``.
+
+    scores float [B, 1, h, w] (any shape; computed in float32 or better); label ``SOURCE_LABEL`` (0) or
+    ``TARGET_LABEL`` (1). F's adversarial term is ``domain_bce(D(target input), SOURCE_LABEL)``: F learns to make
+    the target look like the source to D. Under DDP every process holds as many cells, so this local mean,
+    averaged by DDP, is the global batch's mean.
+    """
+    scores = scores if scores.dtype == torch.float64 else scores.float()
+    return nnf.binary_cross_entropy_with_logits(scores, torch.full_like(scores, label))
+
+
+def discriminator_bce(scores_s: torch.Tensor, scores_t: torch.Tensor) -> torch.Tensor:
+    """The discriminator's objective as ADVENT trains it, each half a mean over its domain's cells:
+    ``(domain_bce(scores_s, SOURCE_LABEL) + domain_bce(scores_t, TARGET_LABEL)) / 2``.
+
+    scores_s, scores_t: D on the (detached) source and target inputs, float [B, 1, h, w] each.
+    """
+    return (domain_bce(scores_s, SOURCE_LABEL) + domain_bce(scores_t, TARGET_LABEL)) / 2
 
 
 def downscale_labels(labels: torch.Tensor, size: tuple[int, int], num_classes: int, min_share: float = 0.75,

@@ -87,7 +87,8 @@ def test_no_stage_reads_an_evaluation_frame_but_final_evaluations(capsys, monkey
     assert not {"source_only", "randomized"} & reading  # they read day frames only
 
 
-DEVELOPMENT_RECIPES = ["test_time_dev.yaml", "self_training_length_dev.yaml", "self_training_dev.yaml", "mixing_dev.yaml"]
+DEVELOPMENT_RECIPES = ["test_time_dev.yaml", "self_training_length_dev.yaml", "self_training_dev.yaml", "mixing_dev.yaml",
+                       "adversarial_dev.yaml"]
 
 
 def test_development_experiments_never_read_an_evaluation_frame(capsys, monkeypatch):

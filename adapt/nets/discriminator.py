@@ -1,8 +1,10 @@
-"""CycleGAN's 70x70 PatchGAN discriminator and the image pool it is updated from (Zhu et al. 2017, appendix 7.2;
-Shrivastava et al. 2017).
+"""Discriminators: CycleGAN's 70x70 PatchGAN and the image pool it is updated from (Zhu et al. 2017, appendix 7.2;
+Shrivastava et al. 2017), and the domain discriminators of adversarial alignment (``adapt.tasks.adversarial``).
 
 - ``PatchDiscriminator(x)``: float [B, 3, H, W] in [0, 1] -> raw (LSGAN, no sigmoid) scores float [B, 1, H', W'].
 - ``ImagePool``: the history of generated images the discriminator is updated with.
+- ``OutputDiscriminator(i)``: AdvEnt's, on F's self-information maps [B, C, H, W] -> raw scores [B, 1, H/32, W/32].
+- ``FeatureDiscriminator(f)``: CyCADA's, on F's encoder features [B, D, h, w] -> raw scores [B, 1, h, w].
 """
 
 from __future__ import annotations
@@ -101,3 +103,57 @@ class ImagePool:
         self.images = [image.detach().clone() for image in images]
         if self.generator is not None and state.get("rng") is not None:
             self.generator.set_state(state["rng"])
+
+
+class OutputDiscriminator(nn.Module):
+    """AdvEnt's fully convolutional discriminator (Vu et al., CVPR 2019, sec. 4; ADVENT's ``get_fc_discriminator``):
+    five 4x4 convolutions of stride 2 and padding 1, widths ``ndf``, 2, 4 and 8 ``ndf``, then 1, each but the last
+    followed by LeakyReLU(0.2); no normalization; torch's default initialization, as ADVENT's.
+
+    ``forward``: the self-information map float [B, C, H, W] (``adapt.losses.self_information``; H and W
+    multiples of 32) -> raw scores float [B, 1, H / 32, W / 32] (no sigmoid: ``adapt.losses.domain_bce``; > 0 reads
+    "target").
+
+    Args:
+        num_classes: C, the input's channels.
+        ndf: channels of the first convolution (64 in AdvEnt).
+    """
+
+    def __init__(self, num_classes: int, ndf: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = num_classes
+        for width in (ndf, 2 * ndf, 4 * ndf, 8 * ndf):
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            channels = width
+        layers.append(nn.Conv2d(channels, 1, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FeatureDiscriminator(nn.Module):
+    """CyCADA's feature discriminator (Hoffman et al. 2018; jhoffman/cycada_release ``models/fcn8s.py``
+    ``Discriminator``): a per-cell MLP as 1x1 convolutions, ``in_channels -> width -> width / 2 -> 1``, each hidden
+    layer followed by Dropout2d and ReLU (CyCADA: width 512 for inputs other than FCN-8s' 4096-channel fc7, 1024
+    for those; dropout 0.5). One raw score per cell (CyCADA: two logits and a softmax cross-entropy, the same
+    classifier), torch's default initialization, as CyCADA's.
+
+    ``forward``: F's deepest encoder features float [B, in_channels, h, w] -> raw scores float [B, 1, h, w].
+
+    Args:
+        in_channels: the features' channels (``Segmenter.net.encoder.out_channels[-1]``).
+        width: the first hidden layer's channels (the second has half as many).
+        dropout: Dropout2d probability after each hidden layer (0 turns it off).
+    """
+
+    def __init__(self, in_channels: int, width: int = 512, dropout: float = 0.5) -> None:
+        super().__init__()
+        half = max(width // 2, 1)
+        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 1), nn.Dropout2d(dropout), nn.ReLU(inplace=True),
+                                 nn.Conv2d(width, half, 1), nn.Dropout2d(dropout), nn.ReLU(inplace=True),
+                                 nn.Conv2d(half, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
