@@ -12,15 +12,15 @@
   ``failed``), ``seed``, package ``versions``, ``git_commit``, ``command``, ``resumed_from``, ``step``,
   ``skipped_images`` and, once stopped, ``checkpoint`` / ``error``; the same record in every checkpoint under
   ``checkpoint["adapt"]`` with the resolved recipe.
-- ``CheckpointSelection``: the label-free validators' checkpoint choice against the target-label choice, from the
-  values logged at each validation round (any logger), written to ``LOG_DIR/selection.json``.
+- ``CheckpointSelection`` (``adapt.selection``): the validators' checkpoint choice against the target-label choice
+  and the predicted class shares per round (any logger) in ``LOG_DIR/selection.json``; a warning when a class's
+  predicted share collapses.
 - ``AtomicCheckpointIO``: Lightning's checkpoint I/O through ``adapt.files`` (atomic) and ``adapt.checkpoints``
   (``weights_only``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from adapt.checkpoints import load_checkpoint
+from adapt.cost import Cost, fit_cost, fit_tracker
 from adapt.errors import ConfigError, TrainingStopped
 from adapt.files import atomic_save
-from adapt.metrics import VALIDATORS
 from adapt.provenance import git_commit, rng_state, set_rng_state, versions
-from adapt.report import selection_lines, selection_report, write_json
+from adapt.report import write_json
+from adapt.selection import CheckpointSelection
 from adapt.signals import CtrlCAsSigterm
 
 
@@ -172,11 +173,13 @@ class FiniteLoss(Callback):
 
 class RunRecord(Callback):
     """``run.json`` and ``checkpoint["adapt"]``; ``recipe``: the resolved recipe (YAML text), ``command``: the
-    command line; ``seed``: the run's seed (``seed_everything``)."""
+    command line; ``seed``: the run's seed (``seed_everything``); ``cost``: ``adapt.cost``'s setting of run.json's
+    ``cost``, from the fit's start to its end, failure or interrupt (None: wall time only; resumed: this session)."""
 
     def __init__(self, recipe: str | None = None, command: list[str] | None = None, seed: int | None = None,
-                 resumed_from: str | None = None) -> None:
+                 resumed_from: str | None = None, cost: Cost | None = Cost()) -> None:
         self.recipe, self.command, self.seed, self.resumed_from = recipe, command, seed, resumed_from
+        self.cost, self.tracker = cost, None
         self.record: dict = {}
         self.run_json: Path | None = None
         self.skipped_images = 0
@@ -193,6 +196,7 @@ class RunRecord(Callback):
                        "processes": trainer.world_size}
         self.run_json = Path(log_dir) / "run.json" if log_dir else None
         self._write(trainer)
+        self.tracker = fit_tracker(trainer, self.cost)
 
     def _write(self, trainer, **changes) -> None:
         self.record.update(changes)
@@ -211,13 +215,15 @@ class RunRecord(Callback):
         skipped = self.skipped_images
         if trainer.world_size > 1:
             skipped = int(trainer.strategy.reduce(torch.tensor(float(skipped)), reduce_op="sum"))
-        self._write(trainer, status="finished", step=trainer.global_step, skipped_images=skipped, ended=now())
+        self._write(trainer, status="finished", step=trainer.global_step, skipped_images=skipped, ended=now(),
+                    cost=fit_cost(self.tracker, trainer, gather=True))
         if skipped:
             rank_zero_info(f"skipped {skipped} unreadable images (data.bad_images: skip; their names are in the "
                            "warnings above)")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        common = dict(step=trainer.global_step, skipped_images=self.skipped_images, ended=now())
+        common = dict(step=trainer.global_step, skipped_images=self.skipped_images, ended=now(),
+                      cost=fit_cost(self.tracker, trainer, gather=False))
         if isinstance(exception, SIGTERMException):
             self._write(trainer, status="interrupted", checkpoint=getattr(exception, "checkpoint", None), **common)
         else:
@@ -237,44 +243,9 @@ class RunRecord(Callback):
         self.skipped_images = int(state.get("skipped_images", 0))
 
 
-class CheckpointSelection(Callback):
-    """After each validation round, the logged ``val/miou`` and validator values (``adapt.metrics.VALIDATORS``)
-    with the epoch and step; at the end of a fit with two or more rounds, ``LOG_DIR/selection.json`` (see
-    ``adapt.report.selection_report``), also printed."""
-
-    def __init__(self) -> None:
-        self.rounds: list[dict] = []
-
-    @property
-    def state_key(self) -> str:
-        return "CheckpointSelection"
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        logged = trainer.callback_metrics
-        names = ["val/miou", *(key for key, _ in VALIDATORS.values())]
-        row = {name: float(logged[name]) for name in names if name in logged}
-        if "val/miou" in row and not math.isnan(row["val/miou"]):
-            self.rounds.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **row})
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every process asks
-        if not trainer.is_global_zero or len(self.rounds) < 2:
-            return
-        report = selection_report(self.rounds)
-        if report["by"]:
-            write_json(Path(log_dir) / "selection.json", report)
-            print(selection_lines(report))
-
-    def state_dict(self) -> dict:
-        return {"rounds": self.rounds}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rounds = list(state.get("rounds", []))
-
-
-def run_guard(recipe: str | None = None, command: list[str] | None = None, seed: int | None = None
-              ) -> list[Callback]:
-    """The callbacks of every ``adapt fit``, in the order they must run (``seed``: the run's ``seed_everything``)."""
-    return [ResumableCheckpoints(), FiniteLoss(), RunRecord(recipe, command, seed), CheckpointSelection()]
+def run_guard(recipe: str | None = None, command: list[str] | None = None, seed: int | None = None,
+              cost: Cost | None = Cost(), collapse_fraction: float = 0.1) -> list[Callback]:
+    """The callbacks of every ``adapt fit``, in the order they must run (``seed``: the run's ``seed_everything``;
+    ``cost``: ``RunRecord``'s tracker; ``collapse_fraction``: ``CheckpointSelection``'s class-collapse warning)."""
+    return [ResumableCheckpoints(), FiniteLoss(), RunRecord(recipe, command, seed, cost=cost),
+            CheckpointSelection(collapse_fraction)]

@@ -2,6 +2,8 @@
 
     adapt fit|validate|test --config RECIPE [--a.b=value ...]    LightningCLI; RECIPE: a file or a shipped name
     adapt fit --config RECIPE ... --resume                      continue an interrupted fit from its last.ckpt
+    adapt fit --config RECIPE ... --cost.country_iso_code FRA   the grid of run.json's cost (--cost null: no tracker)
+    adapt fit --config RECIPE ... --collapse_fraction 0.1       warn when a class's predicted target share collapses
     adapt evaluate --checkpoint CKPT --root DATASET [--split S] [--output DIR] [--protocol full|resize|slide] ...
     adapt evaluate --checkpoint CKPT --root [A,B] ...           several sets, one comparison table
     adapt evaluate ... --class_subsets [synthia16,synthia13]    SYNTHIA -> Cityscapes: 16- and 13-class mIoU too
@@ -45,6 +47,7 @@ from adapt.callbacks import AtomicCheckpointIO, RunRecord, find_resume_checkpoin
 from adapt.catalogue import recipe_file
 from adapt.checkpoints import SEGMENTER_KIND, TRANSLATOR_KIND, load_checkpoint, require_kind
 from adapt.commands import failed, run_verb
+from adapt.cost import Cost, as_cost
 from adapt.distributed import SyncBatchNormPlugin
 from adapt.errors import ConfigError, DataError, StageFailed, TrainingStopped
 from adapt.recipe import check_recipe
@@ -101,6 +104,11 @@ class AdaptCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.add_argument("--resume", action="store_true",
                             help="fit: continue the run's newest last.ckpt (after SIGTERM, Ctrl-C or a crash)")
+        parser.add_argument("--cost", type=Cost | None, default=Cost(),  # adapt.cost; recorded in run.json
+                            help="fit: what the run costs, measured by codecarbon (null: wall time only)")
+        parser.add_argument("--collapse_fraction", type=float, default=0.1,  # adapt.selection.CheckpointSelection
+                            help="fit: warn when a class's predicted share of the target falls below this fraction "
+                                 "of its first validation round's share (0: never)")
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer, with atomic checkpoint writes and ``weights_only`` loads (AtomicCheckpointIO) and the
@@ -123,7 +131,8 @@ class AdaptCLI(LightningCLI):
             recipe = None
         seed = config.get("seed_everything")
         trainer.callbacks.extend(run_guard(recipe, ["adapt", *sys.argv[1:]],
-                                           seed if isinstance(seed, int) and not isinstance(seed, bool) else None))
+                                           seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                                           as_cost(config.get("cost", Cost())), config.get("collapse_fraction", 0.1)))
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -110,9 +110,9 @@ def _split_overrides(argv: list[str], names: set[str]) -> tuple[list[str], list[
             own.append(f"--seeds=[{','.join(values)}]" if values else arg)  # else: --seeds [0,1], as jsonargparse
         elif key == "trainer.default_root_dir" and "output" in names:
             own.append(f"--output={arg.partition('=')[2]}" if "=" in arg else "--output")
-        elif key is None or key in names or arg in ("-h", "--help"):
+        elif key is None or key.partition(".")[0] in names or arg in ("-h", "--help"):  # --cost.KEY: the verb's
             own.append(arg)
-            if key in names and "=" not in arg and i + 1 < len(argv) and key != "dry_run":
+            if (key or "").partition(".")[0] in names and "=" not in arg and i + 1 < len(argv) and key != "dry_run":
                 own.append(argv[i + 1])  # its value
                 i += 1
         else:

@@ -155,3 +155,19 @@ def torch_device(accelerator: str) -> torch.device:
     if name is None or not available[name]:
         raise ConfigError(f"--accelerator: {accelerator} is not available on this machine; use auto or cpu")
     return torch.device(name)
+
+
+def report_sample(x_t: torch.Tensor, pred_t: torch.Tensor, y_t: torch.Tensor, x_ts: torch.Tensor | None,
+                  max_side: int = 1024) -> dict:
+    """One sample for a report, on the CPU and subsampled to at most ``max_side`` pixels a side: ``x_t`` (and
+    ``x_ts``) uint8 [H, W, 3], ``pred_t`` and ``y_t`` uint8 [H, W] train indices (255 = ignore)."""
+    step = -(-max(x_t.shape[-2:]) // max_side)
+
+    def image(x: torch.Tensor):
+        return (x[:, ::step, ::step].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def label(y: torch.Tensor):
+        return y[::step, ::step].clamp(0, 255).byte().cpu().numpy()
+
+    return {"x_t": image(x_t), "pred_t": label(pred_t), "y_t": label(y_t),
+            "x_ts": None if x_ts is None else image(x_ts)}

@@ -246,7 +246,9 @@ class Validators(Metric):
 
     Entropy and information maximization are exact over every pixel (sums of entropy and of probabilities, summed
     over processes). SND compares pixels pairwise, so it uses ``pixels_per_image`` pixels of each image, drawn by
-    a generator seeded by the image's position in its process's stream (the same pixels every round).
+    a generator seeded by the image's position in its process's stream (the same pixels every round). ``share``:
+    each class's share of the predicted (argmax) pixels in percent, float64 [C], every pixel counted (the
+    predicted-class counts are summed over processes; ``adapt.report.class_collapses`` reads the shares per round).
     """
 
     full_state_update = False
@@ -258,6 +260,7 @@ class Validators(Metric):
         self.add_state("entropy_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("prob_sum", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("predicted", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("samples", [], dist_reduce_fx="cat")
         self.images = 0
 
@@ -267,6 +270,7 @@ class Validators(Metric):
         self.entropy_sum += _entropy(rows).sum(dtype=torch.float64)
         self.prob_sum += rows.sum(0, dtype=torch.float64)
         self.pixels += rows.shape[0]
+        self.predicted += torch.bincount(probs.detach().argmax(1).flatten(), minlength=len(self.predicted))
         per_image = probs.shape[-2] * probs.shape[-1]
         for i in range(probs.shape[0]):
             g = torch.Generator().manual_seed(self.images)
@@ -274,7 +278,8 @@ class Validators(Metric):
             picks = torch.randperm(per_image, generator=g)[: self.pixels_per_image].to(rows.device)
             self.samples.append(rows[i * per_image + picks])
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict:
+        """``entropy``, ``im``, ``snd`` (floats) and ``share`` (float64 [C], percent)."""
         pixels = self.pixels.clamp_min(1)
         mean_h = (self.entropy_sum / pixels).item()
         marginal = (self.prob_sum / pixels)[None]
@@ -284,7 +289,8 @@ class Validators(Metric):
             samples = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[
                 : self.max_samples].to(samples.device)]
         snd = soft_neighborhood_density(samples, self.temperature) if len(samples) > 1 else math.nan
-        return {"entropy": mean_h, "im": mean_h - _entropy(marginal).item(), "snd": snd}
+        share = 100 * self.predicted.double() / self.predicted.sum().clamp_min(1)
+        return {"entropy": mean_h, "im": mean_h - _entropy(marginal).item(), "snd": snd, "share": share}
 
     def reset(self) -> None:
         super().reset()

@@ -1,5 +1,5 @@
-"""PNG reports: of an evaluation (per-class IoU, confusion matrix, reliability diagram, example predictions) and of
-``adapt data gap`` (class shares, colour, amplitude spectra: ``plot_gap_*``).
+"""PNG reports: of an evaluation (per-class IoU, confusion matrix, reliability diagram, example predictions), of
+``adapt data gap`` (class shares, colour, amplitude spectra: ``plot_gap_*``) and of a fit's predicted class shares.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, no display) and
 written atomically (``adapt.files.atomic_write``).
@@ -13,7 +13,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from PIL import Image
 
+from adapt.data.cityscapes import class_palette
 from adapt.data.labels import IGNORE_INDEX
 from adapt.files import atomic_write
 
@@ -261,3 +263,37 @@ def plot_gap_spectrum(amplitudes: list[np.ndarray], report: dict, path: str | Pa
     ax.legend(fontsize=8, loc="upper right")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="log(target / source)")
     return save_figure(fig, path)
+
+
+def plot_class_shares(shares: dict, path: str | Path, palette: np.ndarray | None = None, loggers: list = (),
+                      step: int = 0) -> Path:
+    """The predicted class shares on the target per validation round (``class_shares`` of selection.json,
+    ``adapt.report.class_shares_report``), one line per class in its colour (``palette`` uint8 [C, 3] in class
+    order; default ``class_palette``), symlog scale (linear below 0.1 %); a collapsed class drawn thick, crossed at
+    its round, its warning line (``collapse_fraction`` of its first share) dashed. Also added to ``loggers`` that
+    take pictures (``log_picture``, tag ``val/class_shares``, at ``step``)."""
+    rounds, fell, fraction = shares["rounds"], shares["collapsed"], shares["collapse_fraction"]
+    names, x = list(rounds[0]["target"]), [r["round"] for r in rounds]
+    palette = class_palette(names) if palette is None else palette
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for i, name in enumerate(names):
+        colour, entry = palette[i] / 255, fell.get(name)
+        ax.plot(x, [r["target"].get(name, 0.0) for r in rounds], marker="o", markersize=3, color=colour,
+                linewidth=2.5 if entry else 1.0, markeredgecolor="black", markeredgewidth=0.3,
+                label=name + (f" (collapsed at round {entry['round']})" if entry else ""))
+        if entry:
+            ax.plot([entry["round"]], [entry["share"]], marker="X", markersize=11, color=colour, clip_on=False,
+                    markeredgecolor="black", markeredgewidth=1.0, zorder=5)
+            ax.axhline(fraction * entry["first_share"], color=colour, linestyle="--", linewidth=1)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(x, [f"{r['round']}\n{r['step']}" for r in rounds], fontsize=8)
+    ax.set(xlabel="validation round / step", ylabel="predicted pixels on the target (%)")
+    ax.set_title(f"predicted class shares on the target per round ({len(fell)} collapsed below "
+                 f"{100 * fraction:g} % of their first share)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    path = save_figure(fig, path)
+    log_picture(loggers, "val/class_shares", np.asarray(Image.open(path).convert("RGB")), step)
+    return path

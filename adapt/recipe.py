@@ -29,7 +29,8 @@ from adapt.errors import ConfigError
 
 # the top-level keys adapt's LightningCLI reads; no optimizer / lr_scheduler: each task configures its own
 # (auto_configure_optimizers=False in adapt.cli), so LightningCLI rejects them
-TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only", "resume"}
+TOP_LEVEL = {"seed_everything", "trainer", "model", "data", "checkpoint", "ckpt_path", "weights_only", "resume", "cost",
+             "collapse_fraction"}
 FIXED = {"trainer": Trainer, "checkpoint": ModelCheckpoint}
 
 

@@ -1,5 +1,6 @@
 """Reports: JSON files (written atomically), the tables printed for a person, mean ± std over seeds, and the
-checkpoint-selection report. The PNG reports are in ``adapt.plots``."""
+checkpoint-selection report with the predicted class shares per round (and the classes that collapsed). The PNG
+reports are in ``adapt.plots``."""
 
 from __future__ import annotations
 
@@ -139,4 +140,97 @@ def selection_lines(report: dict) -> str:
     for name, entry in report["by"].items():
         lines.append(f"  by {name:<23} epoch {entry['epoch']:>3}  {entry['miou']:6.2f}  "
                      f"({entry['below_label_choice']:.2f} below the label choice)")
+    if shares := report.get("class_shares"):
+        fraction, fell = shares["collapse_fraction"], shares["collapsed"]
+        if not fraction:
+            state = "collapse warning off"
+        elif fell:
+            state = f"fell below {_pct(100 * fraction)} % of their first-round share: " + ", ".join(
+                f"{name} (round {entry['round']})" for name, entry in fell.items())
+        else:
+            state = f"no class fell below {_pct(100 * fraction)} % of its first-round share"
+        lines.append(f"predicted class shares on the target: {state}")
     return "\n".join(lines)
+
+
+def validation_round(logged: dict, epoch: int, step: int, source_counts: list[int] | None = None) -> dict:
+    """One validation round as ``selection_report`` and ``class_collapses`` read it, from the values logged at its
+    end (name -> number or 0-dim tensor): ``epoch``, ``step``, ``val/miou`` and the validators' values (those
+    logged), ``share`` (class -> percent of the predicted pixels, from ``val/share/CLASS``) and, given
+    ``source_counts`` (labelled source pixels per class, in class order, since the round before), ``source_share``
+    (class -> percent of those pixels)."""
+    names = ["val/miou", *(key for key, _ in VALIDATORS.values())]
+    row = {"epoch": epoch, "step": step, **{name: float(logged[name]) for name in names if name in logged}}
+    share = {key[len("val/share/"):]: float(v) for key, v in logged.items() if key.startswith("val/share/")}
+    if share:
+        row["share"] = share
+    if share and source_counts is not None:
+        total = max(sum(source_counts), 1)
+        row["source_share"] = {name: 100 * count / total for name, count in zip(share, source_counts)}
+    return row
+
+
+def _pct(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def watched_classes(rounds: list[dict], fraction: float = 0.1) -> list[str]:
+    """The classes ``class_collapses`` watches: those F predicts at the first round with shares (``rounds`` as
+    there) on more than 0 % of the target pixels and, where the source labels were counted before that round, on at
+    least ``fraction`` of their share of the source labels: a class an F barely trained predicts on a few pixels
+    has not been learnt yet, and its share going to 0 is noise, not a collapse."""
+    first = next((r for r in rounds if r.get("share")), None)
+    if first is None or fraction <= 0:
+        return []
+    source = first.get("source_share") or {}
+    return [name for name, share in first["share"].items() if share > 0 and share >= fraction * source.get(name, 0)]
+
+
+def class_collapses(rounds: list[dict], fraction: float = 0.1) -> dict[str, dict]:
+    """The watched classes (``watched_classes``) whose predicted share on the target fell below ``fraction`` of
+    their share at the first round, each at the first round it did (one entry per class and run: later rounds under
+    the line say nothing new, and a class that comes back and falls again is the same story).
+
+    ``rounds``: the validation rounds in order, each with ``epoch``, ``step`` and ``share`` (class name -> percent
+    of F's predicted pixels on the target; rounds without it are skipped), optionally ``source_share`` (class name
+    -> percent of the labelled source pixels of the training batches since the round before). ``fraction`` 0 finds
+    none. Returns name -> {``round`` (1-based, among all rounds), ``epoch``, ``step``, ``share``, ``first_round``,
+    ``first_share``, ``source_share`` (the source labels' share over the same steps; None when not counted)}.
+    """
+    indexed = [(i, r) for i, r in enumerate(rounds, 1) if r.get("share")]
+    watched = watched_classes(rounds, fraction)
+    if not watched or len(indexed) < 2:
+        return {}
+    first_round, first = indexed[0][0], indexed[0][1]["share"]
+    found: dict[str, dict] = {}
+    for i, row in indexed[1:]:
+        for name, share in row["share"].items():
+            start = first.get(name) or 0.0
+            if name not in found and name in watched and share < fraction * start:
+                found[name] = {"round": i, "epoch": int(row["epoch"]), "step": int(row["step"]), "share": share,
+                               "first_round": first_round, "first_share": start,
+                               "source_share": (row.get("source_share") or {}).get(name)}
+    return found
+
+
+def collapse_line(name: str, entry: dict, fraction: float) -> str:
+    """One warning line for an entry of ``class_collapses``: the class, the round and the drop."""
+    share, first = entry["share"], entry["first_share"]
+    line = (f"class {name!r}: predicted share on the target fell to {_pct(share)} % at validation round "
+            f"{entry['round']} (epoch {entry['epoch']}, step {entry['step']}), {_pct(100 * share / first)} % of its "
+            f"{_pct(first)} % at round {entry['first_round']}")
+    if entry.get("source_share") is not None:
+        line += f"; in the source labels of the same steps it holds {_pct(entry['source_share'])} %"
+    return line + f" (warned below {_pct(100 * fraction)} % of the first share; shares per round: selection.json)"
+
+
+def class_shares_report(rounds: list[dict], fraction: float = 0.1) -> dict:
+    """The ``class_shares`` part of selection.json: ``collapse_fraction``, ``rounds`` (``round``, ``epoch``,
+    ``step``, ``target``: class -> predicted share %, ``source``: class -> label share % of the training batches
+    since the round before, when counted), ``watched`` (``watched_classes``) and ``collapsed``
+    (``class_collapses``)."""
+    rows = [dict({"round": i, "epoch": int(r["epoch"]), "step": int(r["step"]), "target": r["share"]},
+                 **({"source": r["source_share"]} if r.get("source_share") else {}))
+            for i, r in enumerate(rounds, 1) if r.get("share")]
+    return {"collapse_fraction": fraction, "rounds": rows, "watched": watched_classes(rounds, fraction),
+            "collapsed": class_collapses(rounds, fraction)}

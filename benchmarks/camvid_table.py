@@ -7,8 +7,8 @@ run are reused), then prints, from the stages' ``stage.json`` (the evaluate stag
 - one row per method: test-frame mIoU as mean ± sample std over seeds, its 95 % percentile bootstrap interval
   (frames and seeds resampled, as ``adapt compare`` does), the per-seed values, the share of the source-only ->
   reference gap the mean closes for both references (the dusk-only oracle and the joint day + dusk reference),
-  and the method's own wall time per seed (its stages' ``seconds``; rows that adapt the source-only F do not count
-  that F's fit);
+  and the method's own wall time and energy per seed (its stages' ``seconds`` and the ``cost`` of their records,
+  ``adapt.workflows.stages.stage_cost``; rows that adapt the source-only F do not count that F's fit);
 - paired comparisons on the same frames and seeds (``adapt compare``'s ``compare_runs``): mean difference, its
   95 % interval, how many seeds agree;
 - for each self-training run, the checkpoint its validators choose over its validation rounds (on the development
@@ -35,6 +35,7 @@ from pathlib import Path
 from record import write_result
 
 from adapt.workflows.compare import compare_runs, miou_summary
+from adapt.workflows.stages import stage_cost
 
 # row label -> (evaluate stage, stages whose wall time the row costs); F: FPN on EfficientNet-Lite0 from ImageNet
 # unless the row says "random weights". Test-time rows adapt on the test frames themselves (transductive).
@@ -90,6 +91,15 @@ def runs(out: Path, seeds: list[int], name: str) -> list[dict] | None:
     return [json.loads(path.read_text()) for path in paths]
 
 
+def watt_hours(out: Path, seed: int, names: list[str], records: list[dict | None]) -> float | None:
+    """The energy (Wh) of one seed's stages ``names`` (their ``stage.json`` ``records``), from their cost records
+    (a fit's run.json files); None when a stage has not finished or its records carry no energy (made before cost
+    tracking, with ``cost: null``, or a codecarbon error)."""
+    costs = [stage_cost(out / f"seed_{seed}" / name, "fit", record) if record else None
+             for name, record in zip(names, records)]
+    return 1000 * sum(c["energy_kwh"] for c in costs) if all(c and "energy_kwh" in c for c in costs) else None
+
+
 def gap(mean: float | None, source: float | None, reference: float | None) -> str:
     if None in (mean, source, reference) or reference == source:
         return f"{'-':>8}"
@@ -105,18 +115,20 @@ def table(out: Path, seeds: list[int]) -> str:
         records = [[stage(out, seed, c) for c in costs] for seed in seeds]  # each stage.json read once
         seconds = [sum(r["seconds"] for r in per_seed) for per_seed in records
                    if all(r and "seconds" in r for r in per_seed)]
+        energy = [watt_hours(out, seed, costs, per_seed) for seed, per_seed in zip(seeds, records)]
         means[evaluation] = statistics.mean(values) if values else None
         interval = f"[{(m := miou_summary(found))['low']:5.2f}, {m['high']:5.2f}]" if found else "-"
         spread = f" ± {statistics.stdev(values):5.2f}" if len(values) > 1 else ""
-        rows.append((label, evaluation, values, spread, interval, statistics.mean(seconds) / 60 if seconds else None))
+        rows.append((label, evaluation, values, spread, interval, statistics.mean(seconds) / 60 if seconds else None,
+                     statistics.mean(energy) if energy and None not in energy else None))
     lines = [f"{'method':<50} {'mIoU (mean ± std)':>17}  {'95 % interval':>14}  {'gap: oracle':>11}  "
-             f"{'joint':>8}  {'min/seed':>8}  per seed"]
-    for label, evaluation, values, spread, interval, minutes in rows:
+             f"{'joint':>8}  {'min/seed':>8}  {'Wh/seed':>8}  per seed"]
+    for label, evaluation, values, spread, interval, minutes, watts in rows:
         mean = means[evaluation]
         cell = f"{mean:5.2f}{spread}" if mean is not None else "-"
         lines.append(f"{label:<50} {cell:>17}  {interval:>14}  {gap(mean, means[SOURCE], means[ORACLE]):>11}  "
                      f"{gap(mean, means[SOURCE], means[JOINT])}  {f'{minutes:.1f}' if minutes else '-':>8}  "
-                     + " ".join(f"{v:.2f}" for v in values))
+                     f"{f'{watts:.3g}' if watts is not None else '-':>8}  " + " ".join(f"{v:.2f}" for v in values))
     return "\n".join(lines)
 
 
@@ -175,7 +187,10 @@ def main() -> None:
     out = Path(args.runs)
     parts = [f"CamVid day -> dusk, the 31 dusk test frames (dusk/splits/eval.txt), seeds "
              f"{' '.join(map(str, args.seeds))}; mIoU in %; std: sample std over seeds; interval: 95 % percentile "
-             "bootstrap over frames and seeds; gap: share of the source-only -> reference gap closed (means)",
+             "bootstrap over frames and seeds; gap: share of the source-only -> reference gap closed (means); "
+             "min/seed and Wh/seed: the row's own stages' wall time and energy per seed (mean; energy: codecarbon's, "
+             "for the whole machine, in the stages' cost records; '-': a record without cost, made before cost "
+             "tracking or with cost: null)",
              table(out, args.seeds), comparisons(out, args.seeds),
              *(selection_table(out, args.seeds, name) for name in SELF_TRAINING)]
     text = "\n\n".join(parts)

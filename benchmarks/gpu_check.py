@@ -12,7 +12,8 @@
 2. The MIC recipe (``recipes/gta5_to_cityscapes/mic.yaml``: DAFormer + HRDA + MIC) for ``--mic_steps`` iterations
    (100) on a synthetic tree in the GTA5 and Cityscapes layouts at full resolution (1914x1052 and 2048x1024 frames),
    then ``adapt evaluate`` with the sliding-window protocol on its Cityscapes val images: finite losses (the run
-   guard stops on a non-finite one), a checkpoint, metrics written. Its wall time and the fit's peak GPU memory.
+   guard stops on a non-finite one), a checkpoint, metrics written. Its wall time, the fit's peak GPU memory, and
+   its energy per 100 iterations from its run record (``run.json``'s ``cost``: codecarbon, the whole machine).
 
     python benchmarks/gpu_check.py --output benchmarks/results/gpu_check.txt   # on one GPU; the table to a file too
     python benchmarks/gpu_check.py --dry-run    # the same code on CPU at tiny sizes (tests/test_gpu_check.py)
@@ -135,8 +136,21 @@ def mic_check(dry_run: bool, steps: int, work: Path, device: str) -> dict:
                   "--output", str(work / "eval"), "--plots", "false", "--accelerator", device],
           "sliding-window evaluation")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    cost = json.loads(next(checkpoint.parents[1].glob("run.json")).read_text()).get("cost") or {}
     return {"steps": steps, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
-            "checkpoint": str(checkpoint.relative_to(work)), "miou": metrics["miou"], "peak_mib": peak}
+            "checkpoint": str(checkpoint.relative_to(work)), "miou": metrics["miou"], "peak_mib": peak, "cost": cost}
+
+
+def energy_line(mic: dict, dry_run: bool) -> str:
+    """The MIC fit's energy per 100 iterations, from its run record's ``cost`` (or why there is none)."""
+    cost, steps = mic["cost"], mic["steps"]
+    if "energy_kwh" not in cost:
+        return f"MIC energy: not measured ({cost.get('error') or cost.get('tracker') or 'no cost in run.json'})"
+    per_100 = cost["energy_kwh"] * 1000 * 100 / steps
+    return (f"MIC energy: {per_100:.3g} Wh per 100 iterations ({cost['energy_kwh'] * 1000:.3g} Wh for {steps}, "
+            f"{cost['device_hours']:.3g} {cost['device_hours_unit'].split(' (')[0]}, "
+            f"{cost['emissions_kg'] * 1000 * 100 / steps:.3g} g CO2-eq per 100 at {cost['carbon_intensity']:.0f} "
+            f"g/kWh; {cost['measured']}){' (dry run: CPU, not a measurement)' if dry_run else ''}")
 
 
 def _call(adapt, argv: list[str], what: str) -> None:
@@ -214,8 +228,8 @@ def main() -> None:
               f"trees at {'tiny' if dry else 'full'} resolution: fit {mic['fit_seconds']:.0f} s, peak "
               f"{_mib(mic['peak_mib'])} MiB, finite losses, {mic['checkpoint']} written, sliding-window evaluation "
               f"mIoU {mic['miou']:.2f} % (random labels and weights: it shows that it runs, not how well)",
-              f"total {time.perf_counter() - started:.0f} s"]
-    print("\n".join(lines[-2:]))
+              energy_line(mic, dry), f"total {time.perf_counter() - started:.0f} s"]
+    print("\n".join(lines[-3:]))
     if args.output:
         from record import write_result  # benchmarks/ is on sys.path: this file runs as a script
 

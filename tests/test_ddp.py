@@ -97,6 +97,24 @@ def test_translation_two_processes_equal_one_and_resume_in_one(tmp_path, segment
     assert torch.load(resumed, map_location="cpu", weights_only=True)["global_step"] == 2 * state["global_step"]
 
 
+def test_cost_counts_each_node_once_and_every_process_in_device_hours(tmp_path):
+    """2 CPU processes on one node: local rank 0 alone tracks (codecarbon measures the whole machine), so run.json's
+    energy and emissions are one node's (``nodes`` 1, not 2), while device hours count both processes."""
+    import json
+
+    checkpoint = _fit(tmp_path / "run", "--config", "recipes/demo/source_only.yaml",
+                      f"--data.init_args.root={tmp_path}/data", "--data.init_args.num_images=24",
+                      "--data.init_args.size=[64, 64]", "--data.init_args.batch_size=2", "--trainer.max_steps=2",
+                      "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", *TWO,
+                      "--trainer.strategy=ddp", "--cost.carbon_intensity=100")
+    record = json.loads((checkpoint.parents[1] / "run.json").read_text())
+    cost = record["cost"]
+    assert record["status"] == "finished" and record["processes"] == 2 and "error" not in cost
+    assert cost["nodes"] == 1 and cost["devices"] == 2 and cost["energy_kwh"] >= 0
+    assert cost["device_hours"] == pytest.approx(cost["wall_seconds"] / 3600 * 2, abs=1e-6)
+    assert cost["emissions_kg"] == pytest.approx(cost["energy_kwh"] * 100 / 1000, rel=1e-6, abs=1e-15)
+
+
 def test_translation_refuses_plain_ddp(tmp_path):
     result = run_adapt("fit", "--config", "recipes/demo/translator.yaml", f"--data.init_args.root={tmp_path}/data",
                        "--data.init_args.num_images=24", "--data.init_args.size=[64, 64]", "--trainer.max_steps=2",
@@ -218,3 +236,34 @@ def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair, m
     started = torch.zeros_like(ranks[0]["teacher"][student_bn[0]])  # a fresh BatchNorm's running mean
     # the official teacher never records statistics; the eval-mode teacher's are an EMA of the student's
     assert torch.equal(ranks[0]["teacher"][student_bn[0]], started) == (mode == "train")
+
+
+@pytest.mark.parametrize("recipe", ["recipes/demo/advent.yaml", "recipes/demo/feature_alignment.yaml"])
+def test_adversarial_two_processes_equal_one_and_ranks_agree(tmp_path, recipe):
+    """AdvEnt and feature-level alignment (F with BatchNorm, synced; the discriminator with its own optimizer and
+    backward pass): 2 processes x batch 4 end with the F and D weights and log the losses of 1 process x batch 8,
+    and both processes hold the same weights; 33 training images a domain (4 global batches), 64x64."""
+    common = ["--config", recipe, f"--data.init_args.root={tmp_path}/data", "--data.init_args.num_images=44",
+              "--data.init_args.size=[64, 64]", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1",
+              "--trainer.log_every_n_steps=1", "--model.init_args.lambda_adv=0.1", "--model.init_args.feature_dropout=0",
+              '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
+    one = _fit(tmp_path / "one", *common, "--data.init_args.batch_size=8")
+    result = run_adapt("fit", *common, *TWO, "--trainer.strategy=ddp_find_unused_parameters_true",
+                       "--trainer.sync_batchnorm=true", "--data.init_args.batch_size=4",
+                       "--trainer.callbacks+=test_adversarial.SaveEachRank", f"--trainer.callbacks.out={tmp_path}",
+                       f"--trainer.default_root_dir={tmp_path / 'two'}", helpers=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = next((tmp_path / "two").rglob("last.ckpt"))
+    # (pixel_cross_entropy takes its softmax in float32 even here: the source loss agrees to float32's rounding)
+    for key, rel in (("train/loss_source", 1e-6), ("train/loss", 1e-6), ("train/loss_adv", 1e-9),
+                     ("train/loss_d", 1e-9), ("train/d_accuracy", 1e-9)):
+        values = _logged(two, key)
+        assert len(values) == 4 and all(math.isfinite(v) for v in values), key
+        assert values == pytest.approx(_logged(one, key), rel=rel), key
+    assert _max_weight_difference(one, two) < 1e-6
+    state = torch.load(two, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 8 and any(k.startswith("discriminator.") for k in state["state_dict"])
+    ranks = [torch.load(tmp_path / f"rank_{r}.pt", map_location="cpu", weights_only=True) for r in range(2)]
+    for key, value in ranks[0].items():  # F and D, BatchNorm statistics included (synced)
+        assert torch.equal(value, ranks[1][key]), key
+        assert torch.equal(value, state["state_dict"][key]), key

@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adapt"
 LAYERS = [
     ["adapt", "adapt.errors", "adapt.signals"],
     ["adapt.data", "adapt.nets", "adapt.losses", "adapt.metrics", "adapt.intervals", "adapt.inference",
-     "adapt.domain_stats", "adapt.files", "adapt.provenance", "adapt.distributed",
+     "adapt.domain_stats", "adapt.files", "adapt.provenance", "adapt.cost", "adapt.distributed",
      "adapt.optimization"],
     ["adapt.checkpoints", "adapt.report", "adapt.plots", "adapt.recipe", "adapt.catalogue"],
-    ["adapt.tasks", "adapt.callbacks"],
+    ["adapt.tasks", "adapt.callbacks", "adapt.selection"],
     ["adapt.workflows"],
     ["adapt.commands", "adapt.cli"],
 ]

@@ -34,7 +34,7 @@ def test_selection_json_without_the_csv_logger(tiny_pair, tmp_path):
     from conftest import tiny_datamodule
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from adapt.callbacks import CheckpointSelection
+    from adapt.selection import CheckpointSelection
     from adapt.tasks import SegmentationTask
 
     data = tiny_datamodule(tiny_pair)

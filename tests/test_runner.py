@@ -103,7 +103,7 @@ def test_a_second_run_reuses_everything_and_a_dry_run_changes_nothing(copy, caps
     assert code == 0, err[-3000:]
     assert len(lines(stdout, "== f: reused: ")) == 1 and len(lines(stdout, "== ev: reused: ")) == 1
     assert "runs" not in stdout
-    rewritten = {"out", "out/summary.json"}  # only the summary is written again
+    rewritten = {"out", "out/summary.json", "out/cost.json"}  # only the summary and the cost are written again
     assert {k: v for k, v in tree(copy).items() if k not in rewritten} == \
         {k: v for k, v in before.items() if k not in rewritten}
 

@@ -18,7 +18,7 @@ from adapt.data.cityscapes import class_palette
 from adapt.data.labels import IGNORE_INDEX
 from adapt.data.sampling import decorrelate_processes
 from adapt.errors import ConfigError
-from adapt.inference import make_protocol, predict
+from adapt.inference import make_protocol, predict, report_sample
 from adapt.intervals import per_image_record
 from adapt.losses import global_batch_mean, pixel_cross_entropy
 from adapt.metrics import (Calibration, ClassSubset, ConfusionMatrix, Validators, check_class_subsets,
@@ -230,7 +230,7 @@ class SegmentationTask(pl.LightningModule):
         cm.update(pred_t, y_t)
         calibration.update(confidence_t, pred_t, y_t)
         for i in range(min(keep, x_t.shape[0])):
-            self.examples.append(_example(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
+            self.examples.append(report_sample(x_t[i], pred_t[i], y_t[i], None if x_ts is None else x_ts[i]))
         return pred_t
 
     def on_validation_epoch_start(self) -> None:
@@ -270,7 +270,9 @@ class SegmentationTask(pl.LightningModule):
         self.examples = []
         scores = self.val_validators.compute()  # reduced over all processes by the metric
         self.val_validators.reset()
+        shares = scores.pop("share")  # predicted class shares (%) on the target: CheckpointSelection keeps them
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=False)
+        self.log_dict({f"val/share/{n}": float(v) for n, v in zip(self.class_names, shares)}, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._log_metrics("test", self.test_cm, self.test_calibration)
@@ -296,18 +298,3 @@ class SegmentationTask(pl.LightningModule):
         schedule = lr_scheduler(optimizer, max(int(self.trainer.estimated_stepping_batches), 1), hp.warmup_steps,
                                 hp.lr_schedule, hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-def _example(x_t: torch.Tensor, pred_t: torch.Tensor, y_t: torch.Tensor, x_ts: torch.Tensor | None,
-             max_side: int = 1024) -> dict:
-    """One sample for a report, on the CPU and subsampled to at most ``max_side`` pixels a side: ``x_t`` (and
-    ``x_ts``) uint8 [H, W, 3], ``pred_t`` and ``y_t`` uint8 [H, W] train indices (255 = ignore)."""
-    step = -(-max(x_t.shape[-2:]) // max_side)
-
-    def image(x: torch.Tensor):
-        return (x[:, ::step, ::step].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-    def label(y: torch.Tensor):
-        return y[::step, ::step].clamp(0, 255).byte().cpu().numpy()
-
-    return {"x_t": image(x_t), "pred_t": label(pred_t), "y_t": label(y_t),
-            "x_ts": None if x_ts is None else image(x_ts)}

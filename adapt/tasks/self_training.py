@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
 
-from adapt.data.sampling import MIX, derive_seed, global_seed
 from adapt.errors import ConfigError
 from adapt.inference import make_protocol
 from adapt.losses import downscale_labels, entropy, feature_distance, pixel_cross_entropy
@@ -16,7 +16,7 @@ from adapt.nets.segmenter import batch_norms
 from adapt.nets.translator import translate_padded
 from adapt.tasks.ingredients import (FeatureDistance, Masking, MultiResolution, Teacher, ingredient,
                                      multi_resolution_loss, record)
-from adapt.tasks.mixes import TARGET_MIXINGS, Mixed, check_mixing, mix_into_target, mixed_loss
+from adapt.tasks.mixes import TARGET_MIXINGS, Mixed, check_mixing, mix_into_target, mixed_loss, step_generator
 from adapt.tasks.mixing import (block_masks, ema_alpha, ema_update, every_pixel_counted, labelling, pixel_weights,
                                 pseudo_labels, statistics_kept, strong_transform)
 from adapt.tasks.segmentation import SegmentationTask
@@ -40,13 +40,12 @@ class SelfTrainingTask(SegmentationTask):
        = the share of the batch's pixels whose top probability is >= ``pseudo_threshold`` (``teacher.weighting:
        batch``; 1 without ``confidence_weighting``), times the target's ``valid`` map if the data gives one (0 in
        the data's ``pseudo_label_margins``).
-    3. ``mixing: classmix``: for each pair, ceil(n / 2) of the n classes of the whole source batch's labels (the
-       ignore label among them) pasted from the source image onto the target image, labels mixed the same way
-       (source pixels weigh 1, target pixels their weight); null: the target images alone. Then, with
-       ``strong_augment``, DACS's augmentation of each image: colour jitter when the step's uniform draw exceeds 0.2
-       (80 % of steps; kornia 0.5.8's: brightness +-0.2 added, contrast and HSV saturation x [0.8, 1.2], hue +-0.2
-       turn, in a random order), a Gaussian blur when a second draw exceeds 0.5 (sigma in [0.15, 1.15], kernel
-       about 0.1 x the side, reflected borders).
+    3. ``mixing: classmix``: for each pair, ceil(n / 2) of the whole source batch's n classes (ignore among them)
+       pasted from the source image onto the target image with their labels (source pixels weigh 1, target pixels
+       their weight); ``cutmix`` / ``mixup`` / ``moex``: ``adapt.tasks.mixes``; null: the target images alone. Then,
+       with ``strong_augment``, DACS's augmentation per image: colour jitter when the step's draw exceeds 0.2 (kornia
+       0.5.8's: brightness +-0.2 added, contrast and HSV saturation x [0.8, 1.2], hue +-0.2 turn, random order), a
+       Gaussian blur when a second draw exceeds 0.5 (sigma [0.15, 1.15], kernel ~0.1 x the side, reflected borders).
     4. ``loss_mixed``: weighted cross-entropy of F on that batch; ``loss = loss_source + lambda_target * loss_mixed
        (+ lambda_entropy * mean entropy of F on x_t, MinEnt)``.
     5. ``feature_distance`` (DAFormer): ``+ weight * fd``, the mean L2 distance between F's deepest encoder features
@@ -66,18 +65,16 @@ class SelfTrainingTask(SegmentationTask):
        ``predict``) fuse the context with overlapping detail windows (stride half the detail crop) over the whole
        input; validation during fit slides windows of the training crop (stride half of it), HRDA's test setting.
 
-    Every cross-entropy is a mean over all pixels of the global batch (``loss_average``). A step's random draws
-    (detail boxes, ClassMix, augmentation, masks) come from one generator keyed to (seed, process, step). Rare-class
-    sampling and augmentation of the source images are the data's. Every argument of ``SegmentationTask`` applies
-    (``init_from`` starts student and teacher). The checkpoint's ``segmenter`` is the student, which ``adapt
-    evaluate`` scores; the teacher is saved too (``teacher.*``), for resuming; ingredients are recorded as dicts.
+    Every cross-entropy is a mean over all pixels of the global batch (``loss_average``). A step's draws (detail
+    boxes, mixing, augmentation, masks) come from one generator keyed to (seed, process, step). Every argument of
+    ``SegmentationTask`` applies (``init_from`` starts both F and teacher). The checkpoint's ``segmenter`` is the
+    student, which ``adapt evaluate`` scores; the teacher is saved too (``teacher.*``); ingredients as dicts.
 
     Args:
         teacher: the EMA teacher and its pseudo-labels (``Teacher``: ema_alpha 0.999, pseudo_threshold 0.968,
             confidence_weighting true, mode train, weighting batch).
-        mixing: ``classmix`` pastes source classes onto target images; null trains on the target images alone;
-            ``cutmix`` (a source box), ``mixup`` and ``moex`` (``adapt.tasks.mixes.mix_into_target``; with HRDA
-            only classmix and cutmix), with ``mixing_alpha``, ``moex_lambda``, ``moex_layer`` as in SegmentationTask.
+        mixing: ``classmix``, ``cutmix``, ``mixup`` or ``moex`` of the source into the target batch (HRDA: classmix
+            or cutmix); null: the target images alone. Settings (``mixing_alpha``, ...) as in SegmentationTask.
         strong_augment: colour jitter and blur on the mixed (or target) images.
         lambda_target: weight of the mixed (pseudo-labelled) loss.
         lambda_entropy: weight of MinEnt on the target images (0: off; costs one more forward pass of F).
@@ -87,15 +84,12 @@ class SelfTrainingTask(SegmentationTask):
         multi_resolution: HRDA's multi-resolution training and inference (``MultiResolution``: context_scale 0.5,
             detail_crop 512 512, detail_loss_weight 0.1).
         norm: F's BatchNorm layers while it trains. ``train``: every student pass normalizes with its batch's
-            statistics, and the source and mixed passes record running statistics. ``keep_statistics``: batch
-            statistics, but the running ones stay those F starts with (``init_from``: say an F whose statistics
-            AdaBN took from the unlabelled target images, ``adapt tta``). ``frozen``: the layers stay in eval mode:
-            every pass normalizes with the running statistics F starts with, the ones it is evaluated with, and
-            records none (their scale and shift still learn). MIC's masked pass records with ``train`` unless
-            ``masking.record_statistics`` is false.
+            statistics; the source, mixed (and masked, unless ``masking.record_statistics`` is false) passes record
+            running ones. ``keep_statistics``: batch statistics, the running ones kept as F starts (``init_from``:
+            say an F adapted by AdaBN, ``adapt tta``). ``frozen``: eval mode: every pass normalizes with the running
+            statistics F starts with (and is evaluated with), recording none; scale and shift still learn.
         loss_average: ``all`` (mmseg): each cross-entropy averages over every pixel of the global batch, an ignored
-            pixel adding 0 to the sum and 1 to the count; ``labelled``: over the labelled pixels (adapt's earlier
-            choice).
+            pixel adding 0 to the sum and 1 to the count; ``labelled``: over the labelled pixels (adapt's old way).
     """
 
     train_domains = ("source", "target")
@@ -179,7 +173,7 @@ class SelfTrainingTask(SegmentationTask):
         """The data flow of one step: each ingredient's term when that ingredient is present."""
         hp = self.hparams
         x_s, y_s, x_t = self._inputs(batch)
-        generator = torch.Generator().manual_seed(derive_seed(MIX, global_seed(), self.global_rank, self.global_step))
+        generator = step_generator(self.global_rank, self.global_step)
         loss_s, value_s, features_s = self._loss(x_s, y_s, None, generator, self.feature_distance is not None)
         pseudo_t, weight_t, share = self._pseudo_labels(x_t, batch["target"].get("valid"))
         m = self._mixed(x_s, y_s, x_t, pseudo_t, weight_t, generator)
@@ -287,9 +281,8 @@ class SelfTrainingTask(SegmentationTask):
         block = max(1, round(self.masking.block * x_t.shape[2]))
         kept = block_masks((x_t.shape[0], *x_t.shape[2:]), self.masking.ratio, block, generator).to(x_t.device)
         x_masked = torch.where(kept > 0, x_aug, self.segmenter.mean.to(x_aug.dtype))
-        if self.masking.record_statistics:  # MIC: a student pass like the others
-            return self._loss(x_masked, pseudo_t, weight_t, generator)[:2]
-        with statistics_kept(self.segmenter):  # 70 % mean-colour images kept out of F's BatchNorm statistics
+        # MIC records statistics as in any student pass; else 70 % mean-colour images stay out of BatchNorm's
+        with nullcontext() if self.masking.record_statistics else statistics_kept(self.segmenter):
             return self._loss(x_masked, pseudo_t, weight_t, generator)[:2]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from adapt.checkpoints import domain_name, load_segmenter, load_translator
+from adapt.cost import Cost, Tracker, as_cost
 from adapt.data.datasets import DatasetKind, open_dataset
 from adapt.data.folder import ImageLabelDataset
 from adapt.errors import ConfigError, DataError
@@ -30,14 +31,14 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
              batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
              translator: str | Path | None = None, kind: str = "folder", protocol: dict | None = None,
              num_examples: int = 6, plots: bool = True, weights_only: bool = True,
-             class_subsets: list[ClassSubset] | None = None) -> dict:
+             class_subsets: list[ClassSubset] | None = None, cost: Cost | None = Cost()) -> dict:
     """Score ``checkpoint`` on the labelled dataset ``root`` (one confusion matrix over the split); with
     ``translator`` (a TranslationTask checkpoint) score F(g_ts(x_t)) instead of F(x_t). ``kind``: the dataset
     layout (``folder``, ``gta5``, ``cityscapes``, ``synthia``, ...; see ``adapt.data.datasets.open_dataset``).
     ``protocol``: a ``adapt.inference.make_protocol`` dict (None: full resolution). ``plots``: write the PNG reports
     next to metrics.json, with the first ``num_examples`` samples in examples.png. ``class_subsets``: subset means
     to report besides the mIoU (``[synthia16, synthia13]``: ``miou_16``, ``miou_13``; None: those the checkpoint's
-    task was given).
+    task was given). ``cost``: how the scoring pass's ``cost`` is measured (``adapt.cost``; None: wall time only).
 
     Returns the metrics dict written to ``out/metrics.json``: ``miou``, ``per_class_iou`` (class -> percent or
     None), ``pixel_accuracy`` and ``ece`` (percent), ``calibration`` (bin edges, count, mean confidence and
@@ -45,13 +46,13 @@ def evaluate(checkpoint: str | Path, root: str | Path, split: str | None = None,
     ``checkpoint``, ``translator``, ``root``, ``kind``, ``split``, ``per_image`` (each image's name and per-class
     intersection and union, labelled and correct pixels: ``adapt.intervals.per_image_record``, for bootstrap
     intervals and ``adapt compare``); with class subsets also their means and ``class_subsets`` (see
-    ``adapt.metrics.summarize``).
+    ``adapt.metrics.summarize``); ``cost`` (``adapt.cost.Tracker.stop``).
     """
     task = _load(checkpoint, translator, protocol, [root], weights_only, class_subsets)
     out = Path(out) if out is not None else Path(checkpoint).parent.parent / "evaluate" / Path(root).name
     dataset = _open_checked(task, root, split, kind)
     return _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out, batch_size, num_workers,
-                         accelerator, verbose, num_examples if plots else 0, plots)
+                         accelerator, verbose, num_examples if plots else 0, plots, cost)
 
 
 def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | None] | None = None,
@@ -59,7 +60,7 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
                    num_workers: int = 0, accelerator: str = "auto", verbose: bool = True,
                    translator: str | Path | None = None, protocol: dict | None = None, num_examples: int = 6,
                    plots: bool = True, weights_only: bool = True,
-                   class_subsets: list[ClassSubset] | None = None) -> dict:
+                   class_subsets: list[ClassSubset] | None = None, cost: Cost | None = Cost()) -> dict:
     """``evaluate`` on several target sets: each into ``out/<root name>/`` (default ``out``: RUN/evaluate), one
     comparison table printed, ``out/summary.json`` = {root name: metrics}. ``splits`` and ``kinds``: one value for
     all roots or one per root."""
@@ -72,7 +73,7 @@ def evaluate_roots(checkpoint: str | Path, roots: list[str], splits: list[str | 
     for name, dataset, root, split, kind in zip(_root_names(roots, splits), datasets, roots, splits, kinds):
         summary[name] = _evaluate_one(task, checkpoint, translator, dataset, root, split, kind, out / name,
                                       batch_size, num_workers, accelerator, verbose,
-                                      num_examples if plots else 0, plots)
+                                      num_examples if plots else 0, plots, cost)
         if verbose:
             print()
     write_json(out / "summary.json", summary)
@@ -133,16 +134,17 @@ def _open_checked(task: SegmentationTask, root, split, kind) -> ImageLabelDatase
 
 def _evaluate_one(task: SegmentationTask, checkpoint, translator, dataset: ImageLabelDataset, root, split, kind,
                   out: Path, batch_size: int, num_workers: int, accelerator: str, verbose: bool, num_examples: int,
-                  plots: bool) -> dict:
+                  plots: bool, cost: Cost | None = Cost()) -> dict:
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     task.num_examples = num_examples
-    trainer.test(task, dataloaders=loader, verbose=False)
+    with Tracker(as_cost(cost), trainer.strategy.root_device) as tracker:
+        trainer.test(task, dataloaders=loader, verbose=False)
     split = getattr(dataset, "split", split)  # the split the dataset read (cityscapes, acdc...: val when None)
     metrics = dict(task.test_results, num_images=len(dataset), protocol=dict(task.eval_protocol),
                    checkpoint=str(checkpoint), translator=None if translator is None else str(translator),
-                   root=str(root), kind=kind, split=split)
+                   root=str(root), kind=kind, split=split, cost=tracker.record)
     write_json(out / "metrics.json", metrics)
     title = f"{Path(root).name}{f' [{split}]' if split else ''}"
     if plots:
@@ -163,7 +165,8 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
                      stride: tuple[int, int] | None = None, translator: str | None = None,
                      id_type: Literal["label", "train"] = "label", examples: int = 6, plots: bool = True,
                      batch_size: int = 4, num_workers: int = 0, accelerator: str = "auto",
-                     weights_only: bool = True, class_subsets: list[ClassSubset] | None = None) -> dict:
+                     weights_only: bool = True, class_subsets: list[ClassSubset] | None = None,
+                     cost: Cost | None = Cost()) -> dict:
     """Score a segmenter checkpoint, or the label PNGs of any model (``predictions``), on labelled datasets.
 
     Args:
@@ -195,6 +198,9 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
         class_subsets: class-subset means reported beside the mIoU, e.g. ``[synthia16,synthia13]``: the 16- and
             13-class means of SYNTHIA -> Cityscapes (``miou_16``, ``miou_13`` in metrics.json and the tables);
             default: those the checkpoint's task was given (none).
+        cost: what scoring costs, in metrics.json's ``cost``: wall time, device hours, energy and emissions
+            (codecarbon, offline): ``--cost.country_iso_code FRA`` or ``--cost.carbon_intensity G_PER_KWH`` for
+            the grid (default: the world average); ``--cost null``: wall time and device hours only.
     """
     roots, splits, kinds = ([v] if not isinstance(v, list) else v for v in (root, split, kind))
     if (checkpoint is None) == (predictions is None):
@@ -218,7 +224,7 @@ def evaluate_command(root: str | list[str], checkpoint: str | None = None, predi
         raise ConfigError(f"--examples: {examples}; give 0 or more")
     options = dict(batch_size=batch_size, num_workers=num_workers, accelerator=accelerator, translator=translator,
                    protocol=checked, num_examples=examples, plots=plots, weights_only=weights_only,
-                   class_subsets=class_subsets)
+                   class_subsets=class_subsets, cost=as_cost(cost))
     if len(roots) == 1 and len(kinds) == 1 and len(splits) == 1:
         return evaluate(checkpoint, roots[0], splits[0], output, kind=kinds[0], **options)
     return evaluate_roots(checkpoint, roots, splits, kinds, output, **options)

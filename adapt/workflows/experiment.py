@@ -27,9 +27,11 @@ process of its own, so ``--trainer.devices=N`` works as for ``adapt fit``; its c
 output file is unchanged; otherwise the stage, and so every stage that reads it, runs again, saying why, once its
 old folder is moved to ``OUT/.stale/`` (nothing is deleted). ``--dry_run`` prints that plan and does nothing else.
 A failed fit ends the run with the fit's exit code. The run ends with ``OUT/summary.json`` (evaluate stage name ->
-its metrics.json content) and a table. Extra ``--key=value`` arguments after the file are passed to every fit stage
-(e.g. ``--trainer.max_epochs=1``). ``--seeds 0 1 2`` runs the whole experiment once per seed (``OUT/seed_N``; each
-fit, tta and fda stage gets that seed) and reports every metric as mean ± sample std with the per-seed values.
+its metrics.json content), ``OUT/cost.json`` (each stage's wall time, device hours, energy and emissions, read from
+its own record, and their total: ``adapt.workflows.stages.experiment_cost``) and a table. Extra ``--key=value``
+arguments after the file are passed to every fit stage (e.g. ``--trainer.max_epochs=1``; ``--cost=...``: to every
+stage). ``--seeds 0 1 2`` runs the whole experiment once per seed (``OUT/seed_N``; each fit, tta and fda stage gets
+that seed) and reports every metric as mean ± sample std with the per-seed values.
 """
 
 from __future__ import annotations
@@ -42,15 +44,16 @@ import time
 from pathlib import Path
 
 from adapt.catalogue import resolve
-from adapt.errors import ConfigError, DataError, StageFailed
+from adapt.cost import Cost, as_cost, cost_argument, cost_from_args
+from adapt.errors import ConfigError, StageFailed
 from adapt.provenance import git_commit
 from adapt.recipe import load_yaml
 from adapt.report import aggregate_seeds, comparison_table, plus_minus, write_json
 from adapt.signals import forward_to_child
 from adapt.workflows.fingerprints import (Decision, FileHashes, adapt_identity, decide, digest, fingerprint_parts,
                                           move_aside, read_record)
-from adapt.workflows.stages import (OUTPUTS, WORKFLOWS, check_experiment, check_output_key, check_spec, references,
-                                    stage_kind, substitute)
+from adapt.workflows.stages import (OUTPUTS, check_experiment, check_output_key, cost_line, experiment_cost,
+                                    references, run_workflow, seeds_cost, stage_cost, stage_kind, substitute)
 
 
 def run_logged(command: list[str], log: Path) -> int:
@@ -97,20 +100,6 @@ def _fit(written: dict, stage_dir: Path, extra: list[str], where: str, resume: b
     return {"checkpoint": str(checkpoint)}
 
 
-def _workflow(kind: str, spec: dict, stage_dir: Path, output: Path, seed: int, where: str, resume: bool) -> dict:
-    """An evaluate, tta or fda stage: its verb's function with the stage's keys (defaults: the function's own)."""
-    checked = check_spec(kind, spec, where)
-    print(f"   {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
-    try:
-        if kind == "evaluate":
-            return {"metrics": WORKFLOWS[kind][0](**checked, output=str(stage_dir))}  # one root: its metrics
-        if not (resume and output.is_file()):  # written atomically: present means complete
-            WORKFLOWS[kind][0](**checked, output=str(output), seed=seed)
-    except (ConfigError, DataError) as err:
-        raise (ConfigError if isinstance(err, ConfigError) else DataError)(f"{where}: {err}") from None
-    return {"checkpoint": str(output)}
-
-
 class Runner:
     """One run of an experiment's stages into ``out`` (``dry_run``: only say what would run and why)."""
 
@@ -121,6 +110,7 @@ class Runner:
             raise ConfigError(f"--seed_everything={seeds[-1]}: an experiment needs a fixed seed (a non-negative "
                               "integer) to be reproduced and reused; give one, or --seeds N ...")
         self.seed = int(seeds[-1]) if seeds else 0
+        self.cost = cost_from_args(extra)  # --cost=...: fit stages read it themselves, the others get it here
         self.hashes, self.identity = FileHashes(), adapt_identity()
         self.commit = None if dry_run else git_commit()
         self.names = {"output": str(out)}  # ${NAME} -> a stage's checkpoint
@@ -141,7 +131,8 @@ class Runner:
         if self.dry_run and any(n in self.ran for n in upstream):
             decision = Decision("run", f"upstream stage {next(n for n in upstream if n in self.ran)!r} runs")
         else:
-            parts = fingerprint_parts(kind, written, self.extra if kind == "fit" else [], self.seed,
+            parts = fingerprint_parts(kind, written, [a for a in self.extra if not a.startswith("--cost")]
+                                      if kind == "fit" else [], self.seed,
                                       {n: self.records[n] for n in upstream}, self.identity, self.hashes,
                                       set(self.names.values()))
             decision = decide(stage_dir, output, parts, [n for n in upstream if n in self.ran], self.hashes)
@@ -178,8 +169,9 @@ class Runner:
         write_json(stage_dir / "started.json", {"fingerprint": fingerprint, "parts": parts, "git_commit": self.commit})
         start = time.perf_counter()
         result = (_fit(written, stage_dir, self.extra, where, resume) if kind == "fit" else
-                  _workflow(kind, written[kind], stage_dir, output, self.seed, where, resume))
-        record = {**result, "seconds": round(time.perf_counter() - start, 1),
+                  run_workflow(kind, written[kind], stage_dir, output, self.seed, where, resume, self.cost))
+        record = {**result, "cost": stage_cost(stage_dir, kind, result),
+                  "seconds": round(time.perf_counter() - start, 1),
                   "output": {"path": str(output), "sha256": self.hashes(output)}, "fingerprint": fingerprint,
                   "parts": parts, "git_commit": self.commit}  # the commit: for information, not in the fingerprint
         write_json(stage_dir / "stage.json", record)
@@ -198,9 +190,9 @@ def run_experiment(path: str | Path, output: str | Path | None = None, extra: li
     runner = Runner(path, out, [str(a) for a in extra or []], dry_run)
     if dry_run:
         print(f"== plan of {path} in {out} (a dry run: nothing runs, nothing moves)", flush=True)
-    summary: dict[str, dict] = {}
+    summary, records = {}, {}
     for stage in stages:
-        record = runner.stage(stage)
+        records[stage["name"]] = record = runner.stage(stage)
         if dry_run:
             summary[stage["name"]] = "run" if stage["name"] in runner.ran else "reuse"
         elif "metrics" in record:
@@ -208,9 +200,10 @@ def run_experiment(path: str | Path, output: str | Path | None = None, extra: li
     if dry_run:
         return summary
     write_json(out / "summary.json", summary)
+    write_json(out / "cost.json", cost := experiment_cost(out, stages, records))
     print("\n== summary (mIoU and pixel accuracy, %)")
     print(comparison_table({n: {"mIoU": m["miou"], "pixel acc.": m["pixel_accuracy"]} for n, m in summary.items()}))
-    print(f"summary: {out / 'summary.json'}")
+    print(f"summary: {out / 'summary.json'}\nstages' {cost_line(cost['total'])} ({out / 'cost.json'})")
     return summary
 
 
@@ -218,7 +211,8 @@ def run_seeds(path: str | Path, seeds: list[int], output: str | Path | None = No
               extra: list[str] | None = None, dry_run: bool = False) -> dict:
     """The experiment once per seed (``OUT/seed_N``, each fit stage with ``--seed_everything=N``, tta and fda
     stages with that seed), then ``OUT/summary.json``: stage -> metric -> mean, sample std and per-seed values
-    (``adapt.report.aggregate_seeds``). ``dry_run``: each seed's plan only ({seed: plan})."""
+    (``adapt.report.aggregate_seeds``), and ``cost`` (``adapt.workflows.stages.seeds_cost``). ``dry_run``: each
+    seed's plan only ({seed: plan})."""
     path = resolve(path, "EXPERIMENT")
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds: {seeds}; give distinct non-negative integers")
@@ -231,7 +225,7 @@ def run_seeds(path: str | Path, seeds: list[int], output: str | Path | None = No
     if dry_run:
         return per_seed
     summary = aggregate_seeds(per_seed)
-    write_json(out / "summary.json", {"seeds": seeds, "stages": summary})
+    write_json(out / "summary.json", {"seeds": seeds, "stages": summary, "cost": (cost := seeds_cost(out, seeds))})
     print(f"\n== summary over seeds {', '.join(map(str, seeds))} (mean ± sample std, %)")
     rows = {stage: {"mIoU": plus_minus(m["miou"]), "pixel acc.": plus_minus(m["pixel_accuracy"]),
                     "mIoU per seed": " ".join(f"{v:.2f}" for v in m["miou"]["values"].values() if v is not None)}
@@ -240,12 +234,12 @@ def run_seeds(path: str | Path, seeds: list[int], output: str | Path | None = No
     print(f"{'stage':<{width}}  {'mIoU':>14}  {'pixel acc.':>14}  mIoU per seed")
     for stage, row in rows.items():
         print(f"{stage:<{width}}  {row['mIoU']:>14}  {row['pixel acc.']:>14}  {row['mIoU per seed']}")
-    print(f"summary: {out / 'summary.json'}")
+    print(f"summary: {out / 'summary.json'}\nall seeds' stages' {cost_line(cost['total'])}")
     return summary
 
 
 def run(experiment: str, output: str | None = None, seeds: list[int] | None = None, dry_run: bool = False,
-        overrides: list[str] | None = None) -> dict:
+        cost: Cost | None = Cost(), overrides: list[str] | None = None) -> dict:
     """Run the stages of an experiment file; a later run reuses the finished stages whose inputs are unchanged.
     Extra ``--key=value`` arguments (``--trainer.max_epochs=1``, ``--seed_everything=3``) go to every fit stage.
 
@@ -257,9 +251,11 @@ def run(experiment: str, output: str | None = None, seeds: list[int] | None = No
         seeds: run the experiment once per seed (OUTPUT/seed_N) and report mean ± std over seeds: ``--seeds
             [0,1,2]`` (or ``--seeds 0 1 2``).
         dry_run: print which stages would be reused and which would run, and why; change nothing.
+        cost: how every stage's cost is measured (``adapt.cost``): ``--cost.country_iso_code FRA``, or ``--cost
+            null`` (wall time and device hours only); not part of the stages' fingerprints.
         overrides: ``--key=value`` arguments for every fit stage (on the command line: given as they are).
     """
-    extra = [str(a) for a in overrides or []]
+    extra = [str(a) for a in overrides or []] + ([] if as_cost(cost) == Cost() else [cost_argument(as_cost(cost))])
     bad = [a for a in extra if not a.startswith("--")]
     if bad:
         raise ConfigError(f"adapt run: unexpected argument {bad[0]!r}; pass overrides as --key=value")

@@ -1,5 +1,6 @@
 """The stages of an experiment (``adapt run``): their keys, read from the signatures of the verbs' functions (one
-signature serves the command line and the experiment file), checked before anything runs; ``${NAME}`` references.
+signature serves the command line and the experiment file), checked before anything runs; ``${NAME}`` references;
+running an evaluate, tta or fda stage; what each stage cost (``adapt.cost``'s records) and the experiment's total.
 Whether a finished stage may be reused is ``adapt.workflows.fingerprints``' question.
 """
 
@@ -15,9 +16,12 @@ from typing import Any, Callable
 from jsonargparse import ArgumentError, ArgumentParser
 
 from adapt.catalogue import resolve
-from adapt.errors import ConfigError
+from adapt.cost import Cost, Tracker, as_cost
+from adapt.errors import ConfigError, DataError
+from adapt.inference import torch_device
 from adapt.workflows.evaluate import evaluate_command
 from adapt.workflows.fda import fda_checkpoint
+from adapt.workflows.fingerprints import read_record
 from adapt.workflows.tta import adapt_checkpoint
 
 # the workflow each kind of stage calls (the function behind its `adapt` verb, so a stage takes that verb's option
@@ -96,7 +100,86 @@ def check_spec(kind: str, spec: Any, where: str) -> dict:
             if isinstance(checked[key], list):
                 raise ConfigError(f"{where}: evaluate key {key!r}: a stage scores one dataset; write one evaluate "
                                   "stage per root")
+        try:
+            as_cost(checked["cost"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: evaluate key {err}") from None
     return checked
+
+
+def run_workflow(kind: str, spec: dict, stage_dir: Path, output: Path, seed: int, where: str, resume: bool,
+                 cost: Cost | None = Cost()) -> dict:
+    """An evaluate, tta or fda stage: its verb's function with the stage's keys (defaults: the function's own).
+    ``cost``: the run's setting (``adapt run --cost``): an evaluate stage's unless it sets its own (its metrics
+    carry the record); a tta or fda stage is measured here, into its ``cost``."""
+    checked = check_spec(kind, spec, where)
+    print(f"   {kind} {', '.join(f'{k}={v}' for k, v in spec.items())}", flush=True)
+    try:
+        if kind == "evaluate":  # one root: its metrics
+            return {"metrics": WORKFLOWS[kind][0](**dict(checked, cost=spec.get("cost", cost)), output=str(stage_dir))}
+        if resume and output.is_file():  # written atomically: present means complete
+            return {"checkpoint": str(output)}
+        with Tracker(cost, torch_device(checked.get("accelerator", "cpu"))) as tracker:
+            WORKFLOWS[kind][0](**checked, output=str(output), seed=seed)
+    except (ConfigError, DataError) as err:
+        raise (ConfigError if isinstance(err, ConfigError) else DataError)(f"{where}: {err}") from None
+    return {"checkpoint": str(output), "cost": tracker.record}
+
+
+def stage_cost(stage_dir: Path, kind: str, record: dict) -> dict | None:
+    """What a finished stage cost, from its own records: ``record``'s ``cost`` (stage.json; a tta or fda stage's
+    result), an evaluate stage's metrics, or a fit's ``run.json`` files under ``stage_dir`` (a fit continued after
+    an interrupt: every session, added up). None when they hold no cost."""
+    if record.get("cost") or kind != "fit":
+        return record.get("cost") or (record.get("metrics") or {}).get("cost")
+    runs = [read_record(path).get("cost") for path in sorted(Path(stage_dir).rglob("run.json"))]
+    runs = [run for run in runs if run]
+    return runs[0] if len(runs) == 1 else add_up(runs) if runs else None
+
+
+def add_up(costs: list[dict]) -> dict:
+    """The sum of cost records: ``wall_seconds``, ``device_hours`` per unit (GPU hours, CPU process hours), and
+    ``energy_kwh`` and ``emissions_kg`` when every record has them (``without_energy``: how many do not: tracker
+    off, failed, or older records; then the sums over the others are ``energy_kwh_known``, ``emissions_kg_known``)."""
+    hours: dict[str, float] = {}
+    for cost in costs:
+        found = cost.get("device_hours", {})
+        for unit, value in (found.items() if isinstance(found, dict) else
+                            [(cost.get("device_hours_unit", "device hours").split(" (")[0], found)]):
+            hours[unit] = hours.get(unit, 0.0) + value
+    measured = [c for c in costs if "energy_kwh" in c or "energy_kwh_known" in c]
+    sums = {key: sum(c.get(key, c.get(f"{key}_known", 0.0)) for c in measured)
+            for key in ("energy_kwh", "emissions_kg")}
+    missing = len(costs) - len(measured) + sum(c.get("without_energy", 0) for c in measured)
+    return {"wall_seconds": round(sum(c.get("wall_seconds", 0.0) for c in costs), 3), "device_hours": hours,
+            **({f"{k}_known": v for k, v in sums.items()} if missing else sums), "records": len(costs),
+            "without_energy": missing}
+
+
+def experiment_cost(out: Path, stages: list[dict], records: dict[str, dict]) -> dict:
+    """``OUT/cost.json``: each stage's cost (``stage_cost``; reused stages: that of the run that made them) and
+    their total (``add_up``)."""
+    costs = {s["name"]: stage_cost(out / s["name"], stage_kind(s), records.get(s["name"]) or {}) for s in stages}
+    return {"stages": costs, "total": add_up([c for c in costs.values() if c]),
+            "stages_without_cost": [name for name, cost in costs.items() if not cost]}
+
+
+def seeds_cost(out: Path, seeds: list[int]) -> dict:
+    """The ``cost`` of a multi-seed summary: stage -> seed -> cost (from ``OUT/seed_N/cost.json``) and the total."""
+    found = {seed: read_record(out / f"seed_{seed}" / "cost.json").get("stages", {}) for seed in seeds}
+    names = dict.fromkeys(name for stages in found.values() for name in stages)
+    return {"stages": {name: {seed: stages.get(name) for seed, stages in found.items()} for name in names},
+            "total": add_up([cost for stages in found.values() for cost in stages.values() if cost])}
+
+
+def cost_line(total: dict) -> str:
+    """``cost: 12.3 min, 0.0041 CPU process hours, 1.23 Wh, 0.58 g CO2-eq`` (a total of ``add_up``)."""
+    hours = ", ".join(f"{value:.3g} {unit}" for unit, value in total.get("device_hours", {}).items())
+    energy, emissions = (total.get(k, total.get(f"{k}_known", 0.0)) for k in ("energy_kwh", "emissions_kg"))
+    missing = f" ({total['without_energy']} of {total['records']} records without energy)" \
+        if total.get("without_energy") else ""
+    return (f"cost: {total['wall_seconds'] / 60:.1f} min, {hours or '0 device hours'}, {energy * 1000:.3g} Wh, "
+            f"{emissions * 1000:.3g} g CO2-eq{missing}")
 
 
 def _valid(kind: str, key: str, value: Any) -> bool:
