@@ -54,6 +54,8 @@ ROWS = {
     "  + masked image consistency (MIC)": ("eval_mic", ["mic"]),
     "  MIC, then AdaBN (test time, transductive)": ("eval_mic_adabn", ["mic", "mic_adabn"]),
     "  MIC, then TENT (test time, transductive)": ("eval_mic_tent", ["mic", "mic_tent"]),
+    "adversarial alignment, AdvEnt (from the F + AdaBN row)": ("eval_advent", ["advent"]),
+    "adversarial alignment, CyCADA's feature level (same start)": ("eval_feature_alignment", ["feature_alignment"]),
     "few-shot: 5 labelled dusk frames": ("eval_few_shot", ["few_shot"]),
     "oracle: 31 labelled dusk frames (reference)": ("eval_oracle", ["oracle"]),
     "joint: day + 31 labelled dusk frames (reference)": ("eval_joint_reference", ["joint_reference"]),
@@ -71,6 +73,9 @@ COMPARISONS = [
     ("DAFormer - its start", "eval_daformer", "eval_source_only_adabn"),
     ("MIC - its start", "eval_mic", "eval_source_only_adabn"),
     ("MIC - domain randomization", "eval_mic", "eval_randomized"),
+    ("AdvEnt - its start", "eval_advent", "eval_source_only_adabn"),
+    ("CyCADA feature level - its start", "eval_feature_alignment", "eval_source_only_adabn"),
+    ("DACS-style - AdvEnt", "eval_self_training", "eval_advent"),
     ("TENT - AdaBN (both transductive)", "eval_tent", "eval_adabn"),
     ("joint reference - oracle", JOINT, ORACLE),
 ]

@@ -83,7 +83,7 @@ def test_no_stage_reads_an_evaluation_frame_but_final_evaluations(capsys, monkey
     # the check saw the stages that do read dusk images: unlabelled (CycleGAN, FDA, self-training), labelled
     reading = {name for name, frames in trained_on_dusk.items() if frames}
     assert {"translator", "fda", "randomized_adabn", "source_only_adabn", "self_training", "daformer", "mic",
-            "few_shot", "oracle", "joint_reference"} <= reading
+            "advent", "feature_alignment", "few_shot", "oracle", "joint_reference"} <= reading
     assert not {"source_only", "randomized"} & reading  # they read day frames only
 
 
