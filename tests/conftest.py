@@ -6,6 +6,7 @@ experiments); ``python -m pytest -m "not slow"`` is the quick suite for working 
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -51,6 +52,15 @@ def adapt_main(capsys, *args: str) -> tuple[int, str, str]:
         code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def benchmark_module(name: str):
+    """A script of ``benchmarks/`` imported as a module (they import their neighbours by plain name)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def tiny_datamodule(pair: Path, batch_size: int = 2):

@@ -3,17 +3,15 @@ grid setting; ``cost: null``; a codecarbon failure, which never fails a run; the
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
 import time
 
 import codecarbon
 import pytest
 import yaml
 from codecarbon.input import DataSource
-from conftest import REPO, adapt_main
+from conftest import REPO, adapt_main, benchmark_module
 
 from adapt.cost import Cost, Tracker, cost_argument, cost_from_args
 from adapt.errors import ConfigError
@@ -239,18 +237,11 @@ def test_an_experiment_over_seeds_carries_its_fit_stages_costs(tiny_pair, tmp_pa
     assert code == 0 and out.count(": reused: finished earlier with the same inputs") == 2, err[-3000:]
 
 
-def _benchmark(name: str):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-
 
 def test_the_camvid_table_has_energy_per_seed_from_the_stage_records(tmp_path):
     """Hand-written records: a row's Wh/seed is the mean over seeds of its stages' summed energy (a fit stage's
     from its run.json); a row with one record without cost shows '-'."""
-    camvid_table, seeds = _benchmark("camvid_table"), [0, 1]
+    camvid_table, seeds = benchmark_module("camvid_table"), [0, 1]
     energy = {0: 0.002, 1: 0.004}  # kWh of the source-only fit per seed
     for seed in seeds:
         for label, (evaluation, costs) in camvid_table.ROWS.items():
@@ -274,7 +265,7 @@ def test_the_camvid_table_has_energy_per_seed_from_the_stage_records(tmp_path):
 
 
 def test_gpu_check_prints_energy_per_100_iterations():
-    gpu_check = _benchmark("gpu_check")
+    gpu_check = benchmark_module("gpu_check")
     cost = {"energy_kwh": 0.05, "emissions_kg": 0.02, "carbon_intensity": 400.0, "device_hours": 0.1,
             "device_hours_unit": "GPU hours (wall hours x devices)", "measured": "GPU: NVML"}
     line = gpu_check.energy_line({"cost": cost, "steps": 200}, dry_run=False)

@@ -3,25 +3,16 @@ which command, commit and date produced it (benchmarks/record.py)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, benchmark_module
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
-
-def _benchmark_module(name: str):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_readme_is_a_guide_of_at_most_400_lines():
@@ -55,7 +46,7 @@ def test_every_result_file_names_its_command_commit_and_date():
 
 
 def test_record_writes_the_header_then_the_table(tmp_path):
-    record = _benchmark_module("record")
+    record = benchmark_module("record")
     argv = ["benchmarks/demo_table.py", "--output", "x.md"]
     for name, prefix in (("table.txt", ""), ("table.md", "- ")):
         record.write_result(tmp_path / name, "| a | b |\n", argv)
@@ -68,7 +59,7 @@ def test_record_writes_the_header_then_the_table(tmp_path):
 
 
 def test_experiment_table_from_hand_written_summaries(tmp_path):
-    table = _benchmark_module("experiment_table")
+    table = benchmark_module("experiment_table")
     (tmp_path / "F").mkdir()
     (tmp_path / "F/stage.json").write_text(json.dumps({"checkpoint": "c", "seconds": 61.4}))
     one = table.one_run_table({"eval_F": {"miou": 12.345, "pixel_accuracy": 50.0}}, tmp_path).splitlines()
