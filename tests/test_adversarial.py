@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 import yaml
 from conftest import adapt_main, tiny_datamodule
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from adapt.errors import ConfigError
 from adapt.losses import (SOURCE_LABEL, TARGET_LABEL, discriminator_bce, domain_bce, entropy, pixel_cross_entropy,
@@ -290,6 +292,16 @@ def test_arguments_are_checked_in_python_too():
             AdversarialTask(arch="fpn", class_names=names, **kwargs)
         assert "\n" not in str(caught.value)
 
+
+
+def test_plain_ddp_is_refused_before_the_first_step():
+    """F's and D's separate backward passes leave D's parameters unused in F's: DDP must look for them."""
+    task = AdversarialTask(arch="fpn", class_names=["road", "car"])
+    wrapper = DistributedDataParallel.__new__(DistributedDataParallel)  # what Lightning's ddp strategy wraps
+    object.__setattr__(wrapper, "find_unused_parameters", False)
+    task._trainer = SimpleNamespace(strategy=SimpleNamespace(model=wrapper))
+    with pytest.raises(ConfigError, match="^trainer.strategy: .*use strategy: ddp_find_unused_parameters_true$"):
+        task.on_fit_start()
 
 def test_source_and_target_of_different_shapes_fail_in_one_line(tmp_path, tiny_pair, capsys):
     recipe = yaml.safe_load(open("recipes/demo/advent.yaml"))
