@@ -137,6 +137,8 @@ def test_test_time_rows_are_marked_transductive():
     stages = {s["name"] for s in _stages()}
     for evaluation, costs in camvid_table.ROWS.values():  # every row is a stage of the benchmark
         assert evaluation in stages and set(costs) <= stages
+    for label in [*camvid_table.ROWS, *(c[0] for c in camvid_table.COMPARISONS)]:  # the tables' first column
+        assert len(label) <= 50, label
 
 
 def test_the_table_gives_intervals_both_gaps_and_paired_comparisons(tmp_path):
