@@ -238,12 +238,13 @@ def test_self_training_keeps_one_teacher_on_every_process(tmp_path, tiny_pair, m
     assert torch.equal(ranks[0]["teacher"][student_bn[0]], started) == (mode == "train")
 
 
-@pytest.mark.parametrize("recipe", ["recipes/demo/advent.yaml", "recipes/demo/feature_alignment.yaml"])
-def test_adversarial_two_processes_equal_one_and_ranks_agree(tmp_path, recipe):
-    """AdvEnt and feature-level alignment (F with BatchNorm, synced; the discriminator with its own optimizer and
-    backward pass): 2 processes x batch 4 end with the F and D weights and log the losses of 1 process x batch 8,
-    and both processes hold the same weights; 33 training images a domain (4 global batches), 64x64."""
-    common = ["--config", recipe, f"--data.init_args.root={tmp_path}/data", "--data.init_args.num_images=44",
+def test_adversarial_two_processes_equal_one_and_ranks_agree(tmp_path):
+    """AdvEnt (F with BatchNorm, synced; the discriminator with its own optimizer and backward pass): 2 processes x
+    batch 4 end with the F and D weights and log the losses of 1 process x batch 8, and both processes hold the same
+    weights; 33 training images a domain (4 global batches), 64x64. The feature level runs the same steps, DDP
+    wrapper and logging with another D input (tests/test_adversarial.py checks both levels in one process); it is
+    left out here to keep the suite under 10 minutes on 2 cores."""
+    common = ["--config", "recipes/demo/advent.yaml", f"--data.init_args.root={tmp_path}/data", "--data.init_args.num_images=44",
               "--data.init_args.size=[64, 64]", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1",
               "--trainer.log_every_n_steps=1", "--model.init_args.lambda_adv=0.1", "--model.init_args.feature_dropout=0",
               '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
