@@ -293,7 +293,6 @@ def test_arguments_are_checked_in_python_too():
         assert "\n" not in str(caught.value)
 
 
-
 def test_plain_ddp_is_refused_before_the_first_step():
     """F's and D's separate backward passes leave D's parameters unused in F's: DDP must look for them."""
     task = AdversarialTask(arch="fpn", class_names=["road", "car"])
@@ -302,6 +301,7 @@ def test_plain_ddp_is_refused_before_the_first_step():
     task._trainer = SimpleNamespace(strategy=SimpleNamespace(model=wrapper))
     with pytest.raises(ConfigError, match="^trainer.strategy: .*use strategy: ddp_find_unused_parameters_true$"):
         task.on_fit_start()
+
 
 def test_source_and_target_of_different_shapes_fail_in_one_line(tmp_path, tiny_pair, capsys):
     recipe = yaml.safe_load(open("recipes/demo/advent.yaml"))

@@ -244,10 +244,10 @@ def test_adversarial_two_processes_equal_one_and_ranks_agree(tmp_path):
     weights; 33 training images a domain (4 global batches), 64x64. The feature level runs the same steps, DDP
     wrapper and logging with another D input (tests/test_adversarial.py checks both levels in one process); it is
     left out here to keep the suite under 10 minutes on 2 cores."""
-    common = ["--config", "recipes/demo/advent.yaml", f"--data.init_args.root={tmp_path}/data", "--data.init_args.num_images=44",
-              "--data.init_args.size=[64, 64]", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1",
-              "--trainer.log_every_n_steps=1", "--model.init_args.lambda_adv=0.1", "--model.init_args.feature_dropout=0",
-              '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
+    common = ["--config", "recipes/demo/advent.yaml", f"--data.init_args.root={tmp_path}/data",
+              "--data.init_args.num_images=44", "--data.init_args.size=[64, 64]", "--trainer.max_epochs=1",
+              "--trainer.check_val_every_n_epoch=1", "--trainer.log_every_n_steps=1",
+              "--model.init_args.lambda_adv=0.1", '--model.init_args.segmenter_kwargs={"decoder_dropout": 0.0}', *FP64]
     one = _fit(tmp_path / "one", *common, "--data.init_args.batch_size=8")
     result = run_adapt("fit", *common, *TWO, "--trainer.strategy=ddp_find_unused_parameters_true",
                        "--trainer.sync_batchnorm=true", "--data.init_args.batch_size=4",
